@@ -1,0 +1,175 @@
+"""The field catalog: what each product's quota keys mean, in which unit they arrive.
+
+One TOML file per product lives in `collector/catalog/products/`. Adding a device type means
+adding a file there (and a fixture under tests/). The catalog is loaded once, validated, and
+the daemon refuses to start on an invalid one.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Iterable
+from functools import cache
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from collector.catalog.model import (
+    FieldEntry,
+    FieldSpec,
+    Kind,
+    Product,
+    ProductFile,
+    Setting,
+)
+from collector.catalog.units import DEVICE_UNITS
+
+__all__ = [
+    "Catalog",
+    "CatalogError",
+    "FieldSpec",
+    "Kind",
+    "Product",
+    "Setting",
+    "default_catalog",
+    "load_catalog",
+    "load_product_file",
+    "slugify",
+]
+
+PRODUCTS_DIR = Path(__file__).with_name("products")
+
+
+class CatalogError(Exception):
+    """A catalog file is missing, malformed or inconsistent."""
+
+
+def slugify(product_name: str) -> str:
+    """`DELTA 2 Max` -> `delta_2_max`: lower case, runs of non-alphanumerics become `_`."""
+    return re.sub(r"[^a-z0-9]+", "_", product_name.lower()).strip("_") or "unknown"
+
+
+def _compile_spec(key: str, entry: FieldEntry) -> FieldSpec:
+    unit = DEVICE_UNITS[entry.unit]
+    mul, div = (unit.factor, 1.0) if unit.factor >= 1 else (1.0, float(round(1 / unit.factor)))
+    return FieldSpec(
+        key=key,
+        unit=unit,
+        kind=entry.kind,
+        desc=entry.desc,
+        sentinels=frozenset(entry.sentinels),
+        range=entry.range,
+        array=entry.array,
+        values=dict(entry.values),
+        text=entry.text,
+        evidence=entry.evidence,
+        mul=mul,
+        div=div,
+    )
+
+
+def _compile(path: Path, data: ProductFile) -> Product:
+    fields: dict[str, FieldSpec] = {}
+    patterns: list[tuple[re.Pattern[str], FieldSpec]] = []
+    for group in data.groups:
+        for prefix in group.prefixes:
+            for suffix, entry in group.fields.items():
+                key = f"{prefix}.{suffix}" if prefix else suffix
+                if key in fields or any(spec.key == key for _, spec in patterns):
+                    raise CatalogError(f"{path}: key {key!r} is declared twice")
+                spec = _compile_spec(key, entry)
+                if "#" in key:
+                    regex = re.escape(key).replace("\\#", "#").replace("#", r"\d+")
+                    patterns.append((re.compile(regex), spec))
+                else:
+                    fields[key] = spec
+    summary: dict[str, tuple[tuple[str, float], ...]] = {}
+    for name, terms in data.summary.items():
+        compiled: list[tuple[str, float]] = []
+        for term in terms:
+            sign, key = (-1.0, term[1:]) if term.startswith("-") else (1.0, term)
+            if key not in fields:
+                raise CatalogError(f"{path}: summary {name} names {key!r}, which is not a catalog field")
+            compiled.append((key, sign))
+        summary[name] = tuple(compiled)
+    settings = {name: Setting(name, entry) for name, entry in data.settings.items()}
+    for setting in settings.values():
+        for key in setting.entry.read_quotas:
+            if key not in fields and not any(p.fullmatch(key) for p, _ in patterns):
+                raise CatalogError(f"{path}: setting {setting.name} reads {key!r}, not a catalog field")
+    info = data.product
+    return Product(
+        slug=info.slug,
+        name=info.name,
+        aliases=info.aliases,
+        serial_prefixes=info.serial_prefixes,
+        fields=fields,
+        patterns=tuple(patterns),
+        summary=summary,
+        settings=settings,
+    )
+
+
+def load_product_file(path: Path) -> Product:
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise CatalogError(f"{path}: {exc}") from exc
+    try:
+        data = ProductFile.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+        raise CatalogError(f"{path}: {problems}") from exc
+    if data.product.slug != path.stem:
+        raise CatalogError(f"{path}: product.slug {data.product.slug!r} must match the file name")
+    return _compile(path, data)
+
+
+class Catalog:
+    """All products, looked up by slug, by device-list product name, or by serial prefix."""
+
+    def __init__(self, products: Iterable[Product]) -> None:
+        self.products: dict[str, Product] = {}
+        self._by_name: dict[str, Product] = {}
+        for product in products:
+            if product.slug in self.products:
+                raise CatalogError(f"product {product.slug!r} is defined twice")
+            self.products[product.slug] = product
+            for alias in (product.name, *product.aliases):
+                self._by_name[slugify(alias)] = product
+
+    def get(self, slug: str) -> Product | None:
+        return self.products.get(slug)
+
+    def by_product_name(self, product_name: str) -> Product | None:
+        return self._by_name.get(slugify(product_name))
+
+    def by_serial(self, sn: str) -> Product | None:
+        matches = [
+            (len(prefix), product)
+            for product in self.products.values()
+            for prefix in product.serial_prefixes
+            if sn.startswith(prefix)
+        ]
+        return max(matches, key=lambda m: m[0])[1] if matches else None
+
+    def identify(self, product: str | None, sn: str) -> tuple[str, Product | None]:
+        """The measurement slug and catalog product of a device (product may be a name or slug)."""
+        if product:
+            known = self.get(product) or self.by_product_name(product)
+            return (known.slug, known) if known else (slugify(product), None)
+        known = self.by_serial(sn)
+        return (known.slug, known) if known else ("unknown", None)
+
+
+def load_catalog(directory: Path = PRODUCTS_DIR) -> Catalog:
+    files = sorted(directory.glob("*.toml"))
+    if not files:
+        raise CatalogError(f"{directory}: no product catalog files")
+    return Catalog(load_product_file(path) for path in files)
+
+
+@cache
+def default_catalog() -> Catalog:
+    return load_catalog()

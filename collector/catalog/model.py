@@ -1,0 +1,178 @@
+"""Catalog files (one TOML file per product) and the frozen objects they compile to.
+
+A catalog file is validated with pydantic (it is an edge: hand-written data), then
+compiled into plain frozen dataclasses that the hot path reads.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from collector.catalog.units import DEVICE_UNITS, DeviceUnit
+
+
+class Kind(StrEnum):
+    MEASUREMENT = "measurement"  # a physical reading (V, A, W, °C, %)
+    ENUM = "enum"  # one of a set of states
+    FLAGS = "flags"  # a bit field
+    COUNTER = "counter"  # monotonically growing (energy totals, cycles, restarts)
+    ERROR_CODE = "error_code"  # 0 = fine, anything else is a device fault code
+    SETTING = "setting"  # a value the user configures (limits, brightness, timeouts)
+    IDENTIFIER = "identifier"  # versions, addresses, ids: stored, but not a quantity
+
+
+SUMMARY_FIELDS = ("soc_percent", "input_w", "output_w", "pv_input_w", "battery_w")
+SummaryField = Literal["soc_percent", "input_w", "output_w", "pv_input_w", "battery_w"]
+TextEncoding = Literal["ascii2"]
+
+_STRICT = ConfigDict(extra="forbid", frozen=True)
+
+
+class FieldEntry(BaseModel):
+    model_config = _STRICT
+
+    unit: str = ""
+    kind: Kind
+    desc: str = Field(min_length=1)
+    sentinels: tuple[float, ...] = ()
+    range: tuple[float, float] | None = None  # plausible values, in stored units
+    array: bool = False  # the value is a list; element i is stored as `key[i]`
+    values: dict[str, str] = {}  # labels of enum values
+    text: TextEncoding | None = None  # how to show the number as text (e.g. two ASCII letters)
+    evidence: str | None = None  # why the unit is what it is, where sources disagree
+
+    @field_validator("unit")
+    @classmethod
+    def _known_unit(cls, unit: str) -> str:
+        if unit not in DEVICE_UNITS:
+            raise ValueError(f"unknown unit {unit!r}; known: {', '.join(sorted(DEVICE_UNITS))}")
+        return unit
+
+    @model_validator(mode="after")
+    def _range_ordered(self) -> FieldEntry:
+        if self.range is not None and self.range[0] > self.range[1]:
+            raise ValueError(f"range {self.range} is not ordered low, high")
+        return self
+
+
+class GroupEntry(BaseModel):
+    """Fields shared by several key prefixes (e.g. bmsMaster / bmsSlave1 / bmsSlave2)."""
+
+    model_config = _STRICT
+
+    prefixes: tuple[str, ...] = Field(min_length=1)
+    fields: dict[str, FieldEntry] = Field(min_length=1)
+
+
+class SettingEntry(BaseModel):
+    """A value the user can set, and how the Open API request for it is built."""
+
+    model_config = _STRICT
+
+    desc: str = Field(min_length=1)
+    unit: str = ""  # the unit the user types the value in
+    min: float
+    max: float
+    scale: float = 1.0  # sent value = round(user value * scale)
+    choices: dict[str, int] = {}  # words a user may type instead of numbers (on/off ...)
+    cmd_code: str | None = None  # PowerStream style: {"cmdCode": ..., "params": {param: v}}
+    cmd_set: int | None = None  # Delta Pro style: {"params": {"cmdSet": .., "id": .., param: v}}
+    cmd_id: int | None = None
+    param: str = Field(min_length=1)
+    fixed: dict[str, int] = {}  # other parameters the command needs, sent as they are
+    read_quotas: tuple[str, ...] = Field(min_length=1)  # quota keys that show the result
+
+    @model_validator(mode="after")
+    def _one_command_style(self) -> SettingEntry:
+        has_code = self.cmd_code is not None
+        has_set = self.cmd_set is not None and self.cmd_id is not None
+        if has_code == has_set:
+            raise ValueError("give either cmd_code, or both cmd_set and cmd_id")
+        if self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
+
+
+class ProductInfo(BaseModel):
+    model_config = _STRICT
+
+    slug: str = Field(pattern=r"^[a-z0-9]+(_[a-z0-9]+)*$")
+    name: str
+    aliases: tuple[str, ...] = ()  # productName values of the device list that mean this product
+    serial_prefixes: tuple[str, ...] = ()
+
+
+class ProductFile(BaseModel):
+    model_config = _STRICT
+
+    product: ProductInfo
+    summary: dict[SummaryField, tuple[str, ...]] = {}
+    groups: tuple[GroupEntry, ...] = Field(min_length=1)
+    settings: dict[str, SettingEntry] = {}
+
+
+# --- compiled, hot-path objects -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    key: str  # full quota key; `#` stands for a number in pattern keys (20_134.task#.type)
+    unit: DeviceUnit
+    kind: Kind
+    desc: str
+    sentinels: frozenset[float]
+    range: tuple[float, float] | None
+    array: bool
+    values: dict[str, str]
+    text: TextEncoding | None
+    evidence: str | None
+    # stored = sent * mul / div: dividing by 10 instead of multiplying by 0.1 keeps 691 -> 69.1 exact
+    mul: float
+    div: float
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    name: str
+    entry: SettingEntry
+
+
+_INDEX = re.compile(r"\[\d+\]")
+
+
+@dataclass(slots=True)
+class Product:
+    slug: str
+    name: str
+    aliases: tuple[str, ...]
+    serial_prefixes: tuple[str, ...]
+    fields: dict[str, FieldSpec]
+    patterns: tuple[tuple[re.Pattern[str], FieldSpec], ...]
+    summary: dict[str, tuple[tuple[str, float], ...]]  # summary field -> (key, sign) terms
+    settings: dict[str, Setting]
+    _resolved: dict[str, FieldSpec | None] = field(default_factory=dict, repr=False)
+
+    def lookup(self, key: str) -> FieldSpec | None:
+        """The spec of a flattened quota key (array elements resolve to their array)."""
+        try:
+            return self._resolved[key]
+        except KeyError:
+            pass
+        base = _INDEX.sub("", key) if "[" in key else key
+        spec = self.fields.get(base)
+        if spec is None:
+            for pattern, candidate in self.patterns:
+                if pattern.fullmatch(base):
+                    spec = candidate
+                    break
+        if len(self._resolved) < 100_000:  # bounded: hostile payloads may invent keys forever
+            self._resolved[key] = spec
+        return spec
+
+    def all_fields(self) -> list[FieldSpec]:
+        return [*self.fields.values(), *(spec for _, spec in self.patterns)]

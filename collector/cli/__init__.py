@@ -1,0 +1,47 @@
+"""`ecoflow-collector`: one sub-command per module, each with `register(subparsers)`."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from collector.catalog import CatalogError
+from collector.config import ConfigError
+from collector.logs import configure
+
+COMMAND_MODULES = (
+    "collector.cli.decode",
+    "collector.cli.schema",
+)
+
+
+class UsageError(Exception):
+    """A command was called with values it cannot use; exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ecoflow-collector",
+        description="Collect EcoFlow device telemetry (IoT Open Platform) into InfluxDB.",
+    )
+    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-format", default="console", choices=["console", "json"])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure(args.log_level, args.log_format)
+    try:
+        status: int = args.handler(args)
+    except (CatalogError, ConfigError, UsageError) as exc:
+        print(f"ecoflow-collector {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return status

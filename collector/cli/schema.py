@@ -1,0 +1,66 @@
+"""`schema`: the stored schema, straight from the catalog (table or JSON)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from collector.catalog import Catalog, FieldSpec, Product, default_catalog
+from collector.cli import UsageError
+
+
+def register(commands: Any) -> None:
+    parser: argparse.ArgumentParser = commands.add_parser(
+        "schema",
+        help="list every catalog field: source key, measurement, field, unit, factor, kind",
+    )
+    parser.add_argument("--product", help="only this product (catalog slug or product name)")
+    parser.add_argument("--json", action="store_true", help="JSON instead of a table")
+    parser.set_defaults(handler=run)
+
+
+def field_record(product: Product, spec: FieldSpec) -> dict[str, Any]:
+    field = f"{spec.key}[i]" if spec.array else spec.key
+    return {
+        "product": product.slug,
+        "source_key": spec.key,
+        "measurement": product.slug,
+        "field": field,
+        "unit": spec.unit.stored,
+        "sent_unit": spec.unit.symbol,
+        "factor": spec.unit.factor,
+        "kind": spec.kind.value,
+        "sentinels": sorted(spec.sentinels),
+        "description": spec.desc,
+    }
+
+
+def schema_records(catalog: Catalog, only: str | None = None) -> list[dict[str, Any]]:
+    products = list(catalog.products.values())
+    if only is not None:
+        product = catalog.get(only) or catalog.by_product_name(only)
+        if product is None:
+            known = ", ".join(sorted(catalog.products))
+            raise UsageError(f"unknown product {only!r}; the catalog has: {known}")
+        products = [product]
+    return [
+        field_record(product, spec)
+        for product in products
+        for spec in sorted(product.all_fields(), key=lambda s: s.key)
+    ]
+
+
+def _table(records: list[dict[str, Any]]) -> str:
+    columns = ("measurement", "field", "unit", "sent_unit", "factor", "kind", "description")
+    rows = [[str(r[c]) for c in columns] for r in records]
+    widths = [max([len(c)] + [len(row[i]) for row in rows]) for i, c in enumerate(columns)]
+    widths[-1] = 0  # the description runs to the end of the line
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join(fmt.format(*row).rstrip() for row in [list(columns), *rows])
+
+
+def run(args: argparse.Namespace) -> int:
+    records = schema_records(default_catalog(), args.product)
+    print(json.dumps(records, indent=1, ensure_ascii=False) if args.json else _table(records))
+    return 0

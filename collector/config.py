@@ -1,0 +1,165 @@
+"""Configuration: one TOML file, every value overridable by environment variables.
+
+Environment variables are named `ECOFLOW_COLLECTOR_<SECTION>__<KEY>` (upper case), e.g.
+`ECOFLOW_COLLECTOR_ECOFLOW__SECRET_KEY`, `ECOFLOW_COLLECTOR_INFLUXDB__TOKEN`; the device list is
+`ECOFLOW_COLLECTOR_DEVICES` as JSON. Environment beats the file. Secrets are `SecretStr`: they print
+as `**********` and never appear in errors.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+ENV_PREFIX = "ECOFLOW_COLLECTOR_"
+REGIONS = {
+    "europe": "https://api-e.ecoflow.com",
+    "americas": "https://api-a.ecoflow.com",
+    "global": "https://api.ecoflow.com",
+}
+
+_SECTION = ConfigDict(extra="forbid")
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; the message names the file, the key and the reason."""
+
+
+class EcoflowSection(BaseModel):
+    model_config = _SECTION
+
+    api_url: str = Field(REGIONS["europe"], pattern=r"^https?://[^/\s]+/?$")
+    access_key: SecretStr | None = None
+    secret_key: SecretStr | None = None
+    timeout_s: float = Field(10.0, gt=0, le=120)
+
+
+class MqttSection(BaseModel):
+    """Optional overrides of what the certification endpoint hands out."""
+
+    model_config = _SECTION
+
+    host: str | None = None
+    port: int | None = Field(None, ge=1, le=65535)
+    tls: bool = True
+    username: str | None = None
+    password: SecretStr | None = None
+    client_id: str | None = Field(None, min_length=1, max_length=64)
+    ca_file: Path | None = None
+    keepalive_s: int = Field(60, ge=5, le=3600)
+    watchdog_s: float = Field(300.0, gt=0)
+    reconnect_max_s: float = Field(300.0, gt=0)
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_exists(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"no such file: {path}")
+        return path
+
+
+class InfluxSection(BaseModel):
+    model_config = _SECTION
+
+    url: str = Field("http://localhost:8086", pattern=r"^https?://\S+$")
+    token: SecretStr = SecretStr("")
+    org: str = "ecoflow"
+    bucket: str = Field("ecoflow", min_length=1)
+    batch_size: int = Field(5000, ge=1, le=100_000)
+    flush_interval_s: float = Field(1.0, gt=0, le=300)
+    timeout_s: float = Field(10.0, gt=0, le=300)
+
+
+class CollectorSection(BaseModel):
+    model_config = _SECTION
+
+    state_dir: Path = Path("state")
+    spool_max_bytes: int = Field(512 * 1024 * 1024, ge=1024 * 1024)
+    max_payload_bytes: int = Field(256 * 1024, ge=1024)
+    stale_after_s: float = Field(120.0, gt=0)
+    offline_after_s: float = Field(600.0, gt=0)
+    quota_all_interval_s: float = Field(900.0, gt=0)
+    device_list_interval_s: float = Field(1800.0, gt=0)
+    status_interval_s: float = Field(60.0, gt=0)
+    telemetry_interval_s: float = Field(30.0, gt=0)
+    healthz_port: int | None = Field(None, ge=0, le=65535)
+    shard: str | None = Field(None, pattern=r"^\d+/\d+$")
+
+
+class LoggingSection(BaseModel):
+    model_config = _SECTION
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["console", "json"] = "console"
+
+
+class DeviceEntry(BaseModel):
+    model_config = _SECTION
+
+    sn: str = Field(pattern=r"^[A-Za-z0-9*_-]{4,40}$")
+    name: str | None = Field(None, min_length=1, max_length=100)
+    product: str | None = None  # a catalog slug (powerstream, delta_pro) or a product name
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", case_sensitive=False
+    )
+
+    ecoflow: EcoflowSection = EcoflowSection()
+    mqtt: MqttSection = MqttSection()
+    influxdb: InfluxSection = InfluxSection()
+    collector: CollectorSection = CollectorSection()
+    logging: LoggingSection = LoggingSection()
+    devices: list[DeviceEntry] = []
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # the file's values come in as init arguments; the environment overrides them
+        return (env_settings, init_settings)
+
+
+def _describe(exc: ValidationError) -> str:
+    # loc and msg only: pydantic's `input` could hold a secret
+    return "; ".join(
+        f"{'.'.join(str(part) for part in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
+    )
+
+
+def load_settings(path: Path | None) -> Settings:
+    """Read the TOML file (if any), apply the environment, validate; ConfigError on any problem."""
+    data: dict[str, Any] = {}
+    source = str(path) if path is not None else "environment"
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        env_keys = sorted(k for k in os.environ if k.upper().startswith(ENV_PREFIX))
+        hint = f" (environment overrides in effect: {', '.join(env_keys)})" if env_keys else ""
+        raise ConfigError(f"config {source}: {_describe(exc)}{hint}") from None
+    seen: set[str] = set()
+    for device in settings.devices:
+        if device.sn in seen:
+            raise ConfigError(f"config {source}: devices: serial {device.sn} is listed twice")
+        seen.add(device.sn)
+    return settings

@@ -1,0 +1,180 @@
+"""Decoding: every payload shape EcoFlow sends maps into one flat key space.
+
+The key space is the one of HTTP `quota/all` (`20_1.pv1InputVolt`, `mppt.inVol`, ...):
+
+- PowerStream MQTT `{"cmdId":1,"cmdFunc":20,"param"|"params":{...}}`: keys get `{cmdFunc}_{cmdId}.`
+  unless they already carry such a prefix;
+- Delta Pro MQTT `{"id":..,"version":"1.0","timestamp":..,"params":{...}}`;
+- HTTP envelopes `{"code":"0","message":..,"data":{...}}` (data may be missing) and bare data objects;
+- `/status` messages `{"params":{"status":0|1}}` and `/set_reply` `{"data":{"ack":0},"id":..}`.
+
+Nested objects flatten with `.`, arrays into `key[i]`, booleans into 0/1, and strings that hold
+numbers into numbers. Anything else raises PayloadError with a one-line reason.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import orjson
+
+MAX_DEPTH = 16  # real payloads nest 5 deep (20_134.taskN.timeRange.startTime.sec)
+MAX_FIELDS = 10_000  # the largest real payload has a few hundred keys
+MAX_KEY_LENGTH = 256
+
+
+class PayloadError(ValueError):
+    """A payload that is not JSON or not a known shape; str() is a one-line reason."""
+
+
+class TopicKind(StrEnum):
+    QUOTA = "quota"
+    STATUS = "status"
+    SET_REPLY = "set_reply"
+
+
+Scalar = int | float | str
+
+
+@dataclass(slots=True)
+class Decoded:
+    kind: TopicKind
+    values: dict[str, Scalar]  # flattened keys, device units
+    online: int | None = None  # for status messages: 1 online, 0 offline
+
+
+_INT_LIMIT = 2**64  # no device sends wider integers; wider ones would overflow float arithmetic
+_CMD_PREFIX = re.compile(r"^\d+_\d+\.")
+
+
+def parse_json(data: bytes | str) -> Any:
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise PayloadError(f"not JSON: {exc}") from None
+
+
+def _number(text: str) -> int | float | str:
+    """A string holding a number becomes that number; any other string stays as it is."""
+    try:
+        integer = int(text)
+    except ValueError:
+        pass
+    else:
+        return integer if -_INT_LIMIT < integer < _INT_LIMIT else text
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    return number if math.isfinite(number) else text
+
+
+def flatten(obj: dict[str, Any], prefix: str = "", out: dict[str, Scalar] | None = None) -> dict[str, Scalar]:
+    """Flatten nested objects and arrays into `a.b` / `a[0]` keys (None values are skipped)."""
+    result: dict[str, Scalar] = {} if out is None else out
+    _flatten_object(obj, prefix, result, 0)
+    return result
+
+
+def _flatten_object(obj: dict[str, Any], prefix: str, out: dict[str, Scalar], depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise PayloadError(f"nested deeper than {MAX_DEPTH} levels at {prefix or 'top level'!r}")
+    for key, value in obj.items():
+        full = prefix + key
+        cls = value.__class__
+        if cls is int or cls is float:
+            out[full] = value
+        elif cls is str:
+            out[full] = _number(value)
+        elif cls is dict:
+            _flatten_object(value, full + ".", out, depth + 1)
+        else:
+            _flatten_other(value, full, out, depth)
+    if len(out) > MAX_FIELDS:
+        raise PayloadError(f"more than {MAX_FIELDS} fields")
+
+
+def _flatten_other(value: Any, key: str, out: dict[str, Scalar], depth: int) -> None:
+    if value is None:
+        return
+    if value is True or value is False:
+        out[key] = int(value)
+    elif isinstance(value, list):
+        if depth + 1 > MAX_DEPTH:
+            raise PayloadError(f"nested deeper than {MAX_DEPTH} levels at {key!r}")
+        for index, item in enumerate(value):
+            _flatten_object({f"[{index}]": item}, key, out, depth + 1)
+    else:
+        raise PayloadError(f"unsupported value of type {type(value).__name__} at {key!r}")
+
+
+def _check_keys(values: dict[str, Scalar]) -> dict[str, Scalar]:
+    for key in values:
+        if len(key) > MAX_KEY_LENGTH:
+            raise PayloadError(f"key longer than {MAX_KEY_LENGTH} characters: {key[:40]!r}...")
+    return values
+
+
+def _cmd_report(obj: dict[str, Any]) -> Decoded:
+    body = obj.get("params", obj.get("param"))
+    if not isinstance(body, dict):
+        raise PayloadError("cmdFunc/cmdId report without a 'param' or 'params' object")
+    prefix = f"{obj['cmdFunc']}_{obj['cmdId']}."
+    if not _CMD_PREFIX.match(prefix):
+        raise PayloadError(f"cmdFunc/cmdId must be integers, got {obj['cmdFunc']!r}/{obj['cmdId']!r}")
+    values: dict[str, Scalar] = {}
+    for key, value in body.items():
+        if not isinstance(key, str):  # orjson only yields str keys; kept for safety
+            continue
+        _flatten_object({key: value}, "" if _CMD_PREFIX.match(key) else prefix, values, 1)
+    return Decoded(TopicKind.QUOTA, _check_keys(values))
+
+
+def _status(params: dict[str, Any]) -> Decoded:
+    status = params.get("status")
+    if isinstance(status, str):
+        status = _number(status)
+    if status not in (0, 1) or isinstance(status, bool):
+        raise PayloadError(f"status must be 0 or 1, got {status!r}")
+    return Decoded(TopicKind.STATUS, {"status": int(status)}, online=int(status))
+
+
+def decode_object(obj: Any, topic_kind: TopicKind | None = None) -> Decoded:
+    """Map one parsed payload to its kind and flat values (device units)."""
+    if not isinstance(obj, dict):
+        raise PayloadError(f"expected a JSON object, got {type(obj).__name__}")
+    if topic_kind is TopicKind.SET_REPLY:
+        data = obj.get("data")
+        return Decoded(TopicKind.SET_REPLY, _check_keys(flatten(data)) if isinstance(data, dict) else {})
+    if "cmdFunc" in obj and "cmdId" in obj:
+        return _cmd_report(obj)
+    if "code" in obj and ("message" in obj or "data" in obj):
+        code = str(obj["code"])
+        if code != "0":
+            raise PayloadError(f"API error {code}: {obj.get('message', '')}")
+        data = obj.get("data")
+        if data is None:
+            return Decoded(TopicKind.QUOTA, {})
+        if not isinstance(data, dict):
+            raise PayloadError(f"envelope 'data' must be an object, got {type(data).__name__}")
+        return decode_object(data, topic_kind)
+    params = obj.get("params")
+    if isinstance(params, dict) and ("version" in obj or "id" in obj or len(obj) == 1):
+        if topic_kind is TopicKind.STATUS or (topic_kind is None and set(params) == {"status"}):
+            return _status(params)
+        return Decoded(TopicKind.QUOTA, _check_keys(flatten(params)))
+    if topic_kind is TopicKind.STATUS:
+        raise PayloadError("status message without a 'params' object")
+    values = _check_keys(flatten(obj))
+    if not any(v.__class__ is not str for v in values.values()):
+        raise PayloadError("no numeric fields: not a known payload shape")
+    return Decoded(TopicKind.QUOTA, values)
+
+
+def decode_bytes(data: bytes | str, topic_kind: TopicKind | str | None = None) -> Decoded:
+    kind = TopicKind(topic_kind) if topic_kind is not None else None
+    return decode_object(parse_json(data), kind)

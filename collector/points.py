@@ -1,0 +1,96 @@
+"""The stored schema: points and their InfluxDB line protocol (see docs/schema.md).
+
+- `<product slug>` (e.g. `powerstream`, `delta_pro`), tags `name`, `sn`: one float field per quota key;
+- `ecoflow_summary`, tags `name`, `product`, `sn`: canonical fleet fields;
+- `ecoflow_status`, tags `name`, `sn`: field `online` (1.0 / 0.0);
+- timestamps in milliseconds: the time the collector received the data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from collector.catalog import Catalog, Product
+
+SUMMARY_MEASUREMENT: Final = "ecoflow_summary"
+STATUS_MEASUREMENT: Final = "ecoflow_status"
+COLLECTOR_MEASUREMENT: Final = "ecoflow_collector"
+
+_MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n"})
+_KEY_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n"})
+
+
+def escape_key(text: str) -> str:
+    """Escape a tag key, tag value or field key for line protocol."""
+    if "," in text or "=" in text or " " in text or "\n" in text or "\\" in text:
+        return text.replace("\\", "\\\\").translate(_KEY_ESCAPES)
+    return text
+
+
+_field_keys: dict[str, str] = {}
+
+
+def _field_key(key: str) -> str:
+    escaped = _field_keys.get(key)
+    if escaped is None:
+        escaped = escape_key(key)
+        if len(_field_keys) < 100_000:
+            _field_keys[key] = escaped
+    return escaped
+
+
+@dataclass(slots=True)
+class Point:
+    measurement: str
+    tags: tuple[tuple[str, str], ...]  # sorted by key
+    fields: dict[str, float]
+    time_ms: int
+
+    def series(self) -> str:
+        return ",".join(
+            [self.measurement.translate(_MEASUREMENT_ESCAPES)]
+            + [f"{escape_key(k)}={escape_key(v)}" for k, v in self.tags if v]
+        )
+
+    def to_line(self, series: str | None = None) -> str:
+        """One line of line protocol (decoding admits only finite numbers, so every value is)."""
+        body = ",".join([f"{_field_key(k)}={v!r}" for k, v in self.fields.items()])
+        return f"{series or self.series()} {body} {self.time_ms}"
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """Who a point belongs to: its serial, display name and product."""
+
+    sn: str
+    name: str
+    slug: str  # the measurement
+    product: Product | None
+
+    @classmethod
+    def resolve(
+        cls, catalog: Catalog, sn: str, name: str | None = None, product: str | None = None
+    ) -> Device:
+        slug, known = catalog.identify(product, sn)
+        return cls(sn=sn, name=name or sn, slug=slug, product=known)
+
+    def tags(self) -> tuple[tuple[str, str], ...]:
+        return (("name", self.name), ("sn", self.sn))
+
+
+def device_point(device: Device, fields: dict[str, float], time_ms: int) -> Point:
+    return Point(device.slug, device.tags(), fields, time_ms)
+
+
+def summary_point(device: Device, summary: dict[str, float], time_ms: int) -> Point:
+    tags = (("name", device.name), ("product", device.slug), ("sn", device.sn))
+    return Point(SUMMARY_MEASUREMENT, tags, summary, time_ms)
+
+
+def status_point(device: Device, online: bool, time_ms: int) -> Point:
+    return Point(STATUS_MEASUREMENT, device.tags(), {"online": 1.0 if online else 0.0}, time_ms)
+
+
+def to_lines(points: list[Point]) -> str:
+    return "\n".join(point.to_line() for point in points if point.fields)
