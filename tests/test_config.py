@@ -1,0 +1,71 @@
+"""The config file: the example loads, the environment overrides, errors name file, key and reason."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from collector.config import ConfigError, load_settings
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "collector.example.toml"
+
+
+def test_example_config_loads() -> None:
+    settings = load_settings(EXAMPLE)
+    assert settings.ecoflow.api_url == "https://api-e.ecoflow.com"
+    assert [d.product for d in settings.devices] == ["powerstream", "delta_pro"]
+    assert settings.influxdb.batch_size == 5000
+
+
+def test_environment_overrides_the_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ECOFLOW_COLLECTOR_ECOFLOW__SECRET_KEY", "from-env")
+    monkeypatch.setenv("ECOFLOW_COLLECTOR_INFLUXDB__BUCKET", "other")
+    monkeypatch.setenv("ECOFLOW_COLLECTOR_DEVICES", '[{"sn": "HW51AAAA", "name": "x"}]')
+    settings = load_settings(EXAMPLE)
+    assert settings.ecoflow.secret_key is not None
+    assert settings.ecoflow.secret_key.get_secret_value() == "from-env"
+    assert settings.influxdb.bucket == "other"
+    assert [d.sn for d in settings.devices] == ["HW51AAAA"]
+
+
+def test_no_file_means_defaults_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ECOFLOW_COLLECTOR_COLLECTOR__STATE_DIR", "/tmp/x")
+    assert str(load_settings(None).collector.state_dir) == "/tmp/x"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[influxdb]\nbatch_size = "many"', "influxdb.batch_size: Input should be a valid integer"),
+        ("[influxdb]\nbuckett = 'x'", "influxdb.buckett: Extra inputs are not permitted"),
+        ("[ecoflow]\napi_url = 'ftp://x'", "ecoflow.api_url: String should match pattern"),
+        ("[[devices]]\nsn = 'A B'", "devices.0.sn: String should match pattern"),
+        ("[[devices]]\nsn = 'HW51A'\n[[devices]]\nsn = 'HW51A'", "serial HW51A is listed twice"),
+        ("[collector\n", "not valid TOML"),
+        ("[mqtt]\nca_file = '/nonexistent/ca.pem'", "mqtt.ca_file: Value error, no such file"),
+    ],
+)
+def test_invalid_files_name_file_key_and_reason(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert str(path) in str(info.value)
+    assert expected in str(info.value)
+
+
+def test_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"nope\.toml does not exist"):
+        load_settings(tmp_path / "nope.toml")
+
+
+def test_secrets_never_appear_in_errors_or_reprs(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[ecoflow]\nsecret_key = "s3cr3t-value"\naccess_key = ["not", "a", "string"]\n')
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert "s3cr3t-value" not in str(info.value)
+    path.write_text('[ecoflow]\nsecret_key = "s3cr3t-value"\n[influxdb]\ntoken = "t0ken-value"\n')
+    settings = load_settings(path)
+    assert "s3cr3t-value" not in repr(settings) and "t0ken-value" not in repr(settings)
