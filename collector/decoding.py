@@ -48,6 +48,7 @@ class Decoded:
 
 
 _INT_LIMIT = 2**64  # no device sends wider integers; wider ones would overflow float arithmetic
+_DIGITS = frozenset("0123456789")
 _CMD_PREFIX = re.compile(r"^\d+_\d+\.")
 
 
@@ -60,6 +61,8 @@ def parse_json(data: bytes | str) -> Any:
 
 def _number(text: str) -> int | float | str:
     """A string holding a number becomes that number; any other string stays as it is."""
+    if text.isdecimal() and len(text) < 20:  # the common case, without an exception
+        return int(text)
     try:
         integer = int(text)
     except ValueError:
@@ -88,8 +91,8 @@ def _flatten_object(obj: dict[str, Any], prefix: str, out: dict[str, Scalar], de
         cls = value.__class__
         if cls is int or cls is float:
             out[full] = value
-        elif cls is str:
-            out[full] = _number(value)
+        elif cls is str:  # numbers as text: the common decimal case inline, the rest in _number
+            out[full] = int(value) if value.isdecimal() and len(value) < 20 else _number(value)
         elif cls is dict:
             _flatten_object(value, full + ".", out, depth + 1)
         else:
@@ -103,19 +106,28 @@ def _flatten_other(value: Any, key: str, out: dict[str, Scalar], depth: int) -> 
         return
     if value is True or value is False:
         out[key] = int(value)
-    elif isinstance(value, list):
+    elif value.__class__ is list:
         if depth + 1 > MAX_DEPTH:
             raise PayloadError(f"nested deeper than {MAX_DEPTH} levels at {key!r}")
         for index, item in enumerate(value):
-            _flatten_object({f"[{index}]": item}, key, out, depth + 1)
+            element = f"{key}[{index}]"
+            cls = item.__class__
+            if cls is int or cls is float:
+                out[element] = item
+            elif cls is str:
+                out[element] = int(item) if item.isdecimal() and len(item) < 20 else _number(item)
+            elif cls is dict:
+                _flatten_object(item, element + ".", out, depth + 2)
+            else:
+                _flatten_other(item, element, out, depth + 1)
     else:
         raise PayloadError(f"unsupported value of type {type(value).__name__} at {key!r}")
 
 
 def _check_keys(values: dict[str, Scalar]) -> dict[str, Scalar]:
-    for key in values:
-        if len(key) > MAX_KEY_LENGTH:
-            raise PayloadError(f"key longer than {MAX_KEY_LENGTH} characters: {key[:40]!r}...")
+    if values and max(map(len, values)) > MAX_KEY_LENGTH:
+        key = max(values, key=len)
+        raise PayloadError(f"key longer than {MAX_KEY_LENGTH} characters: {key[:40]!r}...")
     return values
 
 
@@ -127,10 +139,13 @@ def _cmd_report(obj: dict[str, Any]) -> Decoded:
     if not _CMD_PREFIX.match(prefix):
         raise PayloadError(f"cmdFunc/cmdId must be integers, got {obj['cmdFunc']!r}/{obj['cmdId']!r}")
     values: dict[str, Scalar] = {}
-    for key, value in body.items():
-        if not isinstance(key, str):  # orjson only yields str keys; kept for safety
-            continue
-        _flatten_object({key: value}, "" if _CMD_PREFIX.match(key) else prefix, values, 1)
+    prefixed = [key for key in body if key[:1] in _DIGITS and _CMD_PREFIX.match(key)]
+    if prefixed:  # keys that carry their own prefix (20_134.task1) keep it
+        own = {key: body[key] for key in prefixed}
+        _flatten_object({k: v for k, v in body.items() if k not in own}, prefix, values, 1)
+        _flatten_object(own, "", values, 1)
+    else:
+        _flatten_object(body, prefix, values, 1)
     return Decoded(TopicKind.QUOTA, _check_keys(values))
 
 

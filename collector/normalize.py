@@ -7,10 +7,11 @@ per key, never dropped silently. Sentinels ("not set") are not written.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Protocol
 
 import structlog
 
-from collector.catalog import Product
+from collector.catalog import FieldSpec, Product
 from collector.decoding import Scalar
 
 log = structlog.get_logger("collector.normalize")
@@ -62,12 +63,15 @@ def normalize_values(
     report = reporter or _default_reporter
     name = slug or (product.slug if product else "unknown")
     out: dict[str, float] = {}
-    lookup = product.lookup if product is not None else None
+    resolved: dict[str, FieldSpec | None] = product.resolved if product is not None else {}
     for key, raw in values.items():
         if isinstance(raw, str):
             report.non_numeric(name, key, raw)
             continue
-        spec = lookup(key) if lookup is not None else None
+        try:
+            spec = resolved[key]
+        except KeyError:  # first sight of this key: the catalog's slower lookup fills the cache
+            spec = product.lookup(key) if product is not None else None
         if spec is None:
             report.unknown(name, key, raw)
             out[key] = float(raw)
@@ -78,7 +82,11 @@ def normalize_values(
     return out
 
 
-def summarize(product: Product | None, values: Mapping[str, float]) -> dict[str, float]:
+class Lookup(Protocol):
+    def get(self, key: str, /) -> float | None: ...
+
+
+def summarize(product: Product | None, values: Lookup) -> dict[str, float]:
     """The fleet-wide canonical fields, from normalized values (all terms of a field must be there)."""
     if product is None:
         return {}

@@ -155,12 +155,12 @@ class Product:
     patterns: tuple[tuple[re.Pattern[str], FieldSpec], ...]
     summary: dict[str, tuple[tuple[str, float], ...]]  # summary field -> (key, sign) terms
     settings: dict[str, Setting]
-    _resolved: dict[str, FieldSpec | None] = field(default_factory=dict, repr=False)
+    resolved: dict[str, FieldSpec | None] = field(default_factory=dict, repr=False)  # lookup's cache
 
     def lookup(self, key: str) -> FieldSpec | None:
         """The spec of a flattened quota key (array elements resolve to their array)."""
         try:
-            return self._resolved[key]
+            return self.resolved[key]
         except KeyError:
             pass
         base = _INDEX.sub("", key) if "[" in key else key
@@ -170,8 +170,8 @@ class Product:
                 if pattern.fullmatch(base):
                     spec = candidate
                     break
-        if len(self._resolved) < 100_000:  # bounded: hostile payloads may invent keys forever
-            self._resolved[key] = spec
+        if len(self.resolved) < 100_000:  # bounded: hostile payloads may invent keys forever
+            self.resolved[key] = spec
         return spec
 
     def all_fields(self) -> list[FieldSpec]:
