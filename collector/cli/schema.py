@@ -17,6 +17,9 @@ def register(commands: Any) -> None:
     )
     parser.add_argument("--product", help="only this product (catalog slug or product name)")
     parser.add_argument("--json", action="store_true", help="JSON instead of a table")
+    parser.add_argument(
+        "--summary", action="store_true", help="the ecoflow_summary mapping per product (Markdown)"
+    )
     parser.set_defaults(handler=run)
 
 
@@ -51,6 +54,20 @@ def schema_records(catalog: Catalog, only: str | None = None) -> list[dict[str, 
     ]
 
 
+def summary_markdown(catalog: Catalog) -> str:
+    """The per-product mapping of the `ecoflow_summary` fields, as a Markdown table (docs/schema.md)."""
+    names = ("soc_percent", "input_w", "output_w", "pv_input_w", "battery_w")
+    lines = ["| product | " + " | ".join(f"`{n}`" for n in names) + " |", "|---" * (len(names) + 1) + "|"]
+    for slug, product in sorted(catalog.products.items()):
+        cells = []
+        for name in names:
+            terms = product.summary.get(name, ())
+            text = " ".join(f"{'-' if sign < 0 else '+'} `{key}`" for key, sign in terms).removeprefix("+ ")
+            cells.append(text or "—")
+        lines.append(f"| `{slug}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _table(records: list[dict[str, Any]]) -> str:
     columns = ("measurement", "field", "unit", "sent_unit", "factor", "kind", "description")
     rows = [[str(r[c]) for c in columns] for r in records]
@@ -61,6 +78,9 @@ def _table(records: list[dict[str, Any]]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.summary:
+        print(summary_markdown(default_catalog()))
+        return 0
     records = schema_records(default_catalog(), args.product)
     print(json.dumps(records, indent=1, ensure_ascii=False) if args.json else _table(records))
     return 0

@@ -1,0 +1,131 @@
+"""`decode` and `schema` as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from collector.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
+CAPTURES = ROOT.parent / "shared" / "captures"
+
+
+def field_map(line: str) -> dict[str, float]:
+    _, fields, _ = line.split(" ")
+    return {k: float(v) for k, v in (pair.split("=") for pair in fields.split(","))}
+
+
+def test_decode_delta_pro_quota_all(capsys: pytest.CaptureFixture[str]) -> None:
+    status = main(
+        [
+            "decode",
+            "--product",
+            "delta_pro",
+            "--sn",
+            "DCABZ1",
+            "--time-ms",
+            "1700000000000",
+            str(FIXTURES / "delta_pro" / "quota_all.json"),
+        ]
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert status == 0
+    assert lines[0].startswith("delta_pro,name=DCABZ1,sn=DCABZ1 ")
+    assert lines[0].endswith(" 1700000000000")
+    fields = field_map(lines[0])
+    assert len(fields) > 200
+    assert lines[1].startswith("ecoflow_summary,name=DCABZ1,product=delta_pro,sn=DCABZ1 ")
+
+
+def test_decode_reads_stdin_and_uses_the_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    payload = (FIXTURES / "powerstream" / "heartbeat_param.json").read_bytes()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "collector",
+            "decode",
+            "--product",
+            "PowerStream",
+            "--sn",
+            "HW51A",
+            "--name",
+            "Balcony",
+            "-",
+        ],
+        input=payload,
+        capture_output=True,
+        check=True,
+    )
+    first = result.stdout.decode().splitlines()[0]
+    assert first.startswith("powerstream,name=Balcony,sn=HW51A ")
+    assert "20_1.pv1InputVolt=" in first
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [(b"{oops", "not JSON"), (b"[1,2]", "expected a JSON object"), (b'{"a":"b"}', "no numeric fields")],
+)
+def test_decode_bad_payload_exits_2_with_one_line(tmp_path: Path, payload: bytes, reason: str) -> None:
+    path = tmp_path / "p.json"
+    path.write_bytes(payload)
+    result = subprocess.run(
+        ["ecoflow-collector", "decode", "--product", "delta_pro", "--sn", "X", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1 and reason in result.stderr
+
+
+def test_decode_unknown_product_keeps_numbers(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "d2max.json"
+    path.write_text(json.dumps({"params": {"bms_bmsStatus.soc": 57, "pd.wattsOutSum": 12}, "version": "1.0"}))
+    assert main(["decode", "--product", "DELTA 2 Max", "--sn", "R351X", "--time-ms", "5", str(path)]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out == "delta_2_max,name=R351X,sn=R351X bms_bmsStatus.soc=57.0,pd.wattsOutSum=12.0 5"
+
+
+def test_decode_real_delta_pro_capture_prints_about_300_si_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    capture = CAPTURES / "deltapro_rustyy-fixture_1.json"
+    if not capture.exists():
+        pytest.skip("../shared/captures is not present")
+    assert main(["decode", "--product", "delta_pro", "--sn", "X", str(capture)]) == 0
+    fields = field_map(capsys.readouterr().out.splitlines()[0])
+    assert len(fields) >= 300
+    assert fields["mppt.inVol"] == 69.1 and fields["mppt.inAmp"] == 4.28 and fields["mppt.inWatts"] == 296.0
+    assert abs(fields["mppt.inVol"] * fields["mppt.inAmp"] - fields["mppt.inWatts"]) < 2.0
+    assert fields["inv.cfgAcOutVoltage"] == 120.0
+    assert "bmsMaster.totalDsgCap" not in fields  # 4294967295: unset
+
+
+def test_schema_json_lists_every_field(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schema", "--json"]) == 0
+    records = json.loads(capsys.readouterr().out)
+    by_key = {(r["product"], r["source_key"]): r for r in records}
+    assert by_key[("delta_pro", "mppt.inVol")] | {"description": ""} == {
+        "product": "delta_pro",
+        "source_key": "mppt.inVol",
+        "measurement": "delta_pro",
+        "field": "mppt.inVol",
+        "unit": "V",
+        "sent_unit": "0.1V",
+        "factor": 0.1,
+        "kind": "measurement",
+        "sentinels": [],
+        "description": "",
+    }
+    assert by_key[("powerstream", "20_1.permanentWatts")]["unit"] == "W"
+    assert {r["product"] for r in records} == {"delta_pro", "powerstream"}
+
+
+def test_schema_unknown_product_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schema", "--product", "toaster"]) == 2
+    assert "unknown product 'toaster'; the catalog has: delta_pro, powerstream" in capsys.readouterr().err
