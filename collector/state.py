@@ -1,0 +1,136 @@
+"""Per-device state: what each device last reported, and whether it is online.
+
+MQTT reports are incremental, so the collector remembers the last value and time of every field.
+Memory matters for fleets (10,000 devices x a few hundred fields): values live in flat arrays indexed
+through one key table per product, not in a dict per device.
+"""
+
+from __future__ import annotations
+
+import math
+from array import array
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from collector.points import Device
+
+NO_VALUE = math.nan
+
+
+class Online(IntEnum):
+    """Three-state online tracking; the number is what `ecoflow_status.state` stores."""
+
+    OFFLINE = 0  # /status 0, or the device list says so
+    ASSUMED_OFFLINE = 1  # silent past the threshold (or never heard from)
+    ONLINE = 2  # recent MQTT data, or /status 1
+
+
+class KeyTable:
+    """Field key -> slot, shared by all devices of one product (bounded against invented keys)."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self.slots: dict[str, int] = {}
+        self.limit = limit
+
+    def slot(self, key: str) -> int | None:
+        index = self.slots.get(key)
+        if index is None and len(self.slots) < self.limit:
+            index = self.slots[key] = len(self.slots)
+        return index
+
+
+class FieldMemory:
+    """The last value and receive time (s) of each field of one device."""
+
+    __slots__ = ("_table", "_times", "_values")
+
+    def __init__(self, table: KeyTable) -> None:
+        self._table = table
+        self._values = array("d")
+        self._times = array("I")  # seconds since the epoch: enough until 2106, 4 bytes a field
+
+    def merge(self, fields: dict[str, float], time_ms: int) -> FieldMemory:
+        values, times, slot = self._values, self._times, self._table.slot
+        seconds = time_ms // 1000
+        for key, value in fields.items():
+            index = slot(key)
+            if index is None:
+                continue
+            if index >= len(values):
+                grow = index + 1 - len(values)
+                values.extend([NO_VALUE] * grow)
+                times.extend([0] * grow)
+            values[index] = value
+            times[index] = seconds
+        return self
+
+    def get(self, key: str) -> float | None:
+        index = self._table.slots.get(key)
+        if index is None or index >= len(self._values):
+            return None
+        value = self._values[index]
+        return None if math.isnan(value) else value
+
+    def time_s(self, key: str) -> int | None:
+        index = self._table.slots.get(key)
+        if index is None or index >= len(self._times) or math.isnan(self._values[index]):
+            return None
+        return self._times[index]
+
+    def items(self) -> list[tuple[str, float]]:
+        values = self._values
+        return [
+            (key, values[i])
+            for key, i in self._table.slots.items()
+            if i < len(values) and not math.isnan(values[i])
+        ]
+
+
+@dataclass(slots=True)
+class DeviceState:
+    device: Device
+    memory: FieldMemory
+    online: Online = Online.ASSUMED_OFFLINE
+    last_mqtt_ms: int = 0  # last quota report over MQTT
+    last_poll_ms: int = 0  # last quota/all over HTTP (successful or not)
+    last_status_write_ms: int = 0
+    read_denied: bool = False  # the cloud answered 1006: never poll again
+    listed_offline: bool = False  # the device list says offline
+
+    def update_online(self, now_ms: int, offline_after_ms: int) -> bool:
+        """Recompute the state from the clocks; True when it changed."""
+        before = self.online
+        if self.online is Online.ONLINE and now_ms - self.last_mqtt_ms > offline_after_ms:
+            self.online = Online.ASSUMED_OFFLINE
+        return self.online is not before
+
+    def set_online(self, online: Online) -> bool:
+        changed = self.online is not online
+        self.online = online
+        return changed
+
+
+@dataclass
+class Registry:
+    """Every device the collector knows, by serial."""
+
+    devices: dict[str, DeviceState] = field(default_factory=dict)
+    _tables: dict[str, KeyTable] = field(default_factory=dict)
+
+    def add(self, device: Device) -> DeviceState:
+        existing = self.devices.get(device.sn)
+        if existing is not None:
+            existing.device = device
+            return existing
+        table = self._tables.setdefault(device.slug, KeyTable())
+        state = self.devices[device.sn] = DeviceState(device, FieldMemory(table))
+        return state
+
+    def get(self, sn: str) -> DeviceState | None:
+        return self.devices.get(sn)
+
+    def __len__(self) -> int:
+        return len(self.devices)
+
+    def online_count(self) -> int:
+        return sum(1 for s in self.devices.values() if s.online is Online.ONLINE)

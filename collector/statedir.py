@@ -1,0 +1,70 @@
+"""The state directory: the persisted MQTT client id and the single-instance lock.
+
+EcoFlow's broker allows only about 10 distinct client ids per account per day and kicks a session
+whose id is used elsewhere: so the id is derived once and kept, and a second instance on the same
+state directory is refused instead of fighting the first one for the session.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import secrets
+from pathlib import Path
+from typing import IO
+
+
+class StateDirError(Exception):
+    """The state directory cannot be used (not writable, or locked by another instance)."""
+
+
+class StateDir:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock_file: IO[str] | None = None
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateDirError(f"state_dir {path}: {exc.strerror}") from None
+
+    def lock(self) -> None:
+        """Hold an exclusive lock for the life of the process; refuse if another instance has it."""
+        lock_path = self.path / "collector.lock"
+        handle = lock_path.open("a+", encoding="ascii")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise StateDirError(
+                f"another collector (pid {holder}) is running with state_dir {self.path}; "
+                "two instances with the same state would share one MQTT client id and kick each other"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._lock_file = handle
+
+    def unlock(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()  # closing releases the flock
+            self._lock_file = None
+
+    def client_id(self, configured: str | None) -> str:
+        """The configured id, else the one derived on the first start and kept since."""
+        if configured:
+            return configured
+        path = self.path / "mqtt_client_id"
+        try:
+            existing = path.read_text(encoding="ascii").strip()
+        except FileNotFoundError:
+            existing = ""
+        if existing:
+            return existing
+        client_id = f"ecoflow-collector-{secrets.token_hex(8)}"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(client_id + "\n", encoding="ascii")
+        os.replace(tmp, path)
+        return client_id
