@@ -46,7 +46,7 @@ class MqttSection(BaseModel):
 
     host: str | None = None
     port: int | None = Field(None, ge=1, le=65535)
-    tls: bool = True
+    tls: bool | None = None  # default: as the certification endpoint says (protocol mqtts = TLS)
     username: str | None = None
     password: SecretStr | None = None
     client_id: str | None = Field(None, min_length=1, max_length=64)

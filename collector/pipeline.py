@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Protocol
 
 from collector.decoding import Decoded, TopicKind, decode_bytes
-from collector.normalize import KeyReporter, normalize_values, summarize
+from collector.normalize import KeyReporter, Lookup, normalize_values, summarize
 from collector.points import Device, Point, device_point, status_point, summary_point
 
 
 class FieldMemory(Protocol):
     """What a device remembers between incremental reports (the daemon's per-device state)."""
 
-    def merge(self, fields: Mapping[str, float], time_ms: int) -> Mapping[str, float]: ...
+    def merge(self, fields: dict[str, float], time_ms: int) -> Lookup: ...
 
 
 class Pipeline:
@@ -36,7 +35,7 @@ class Pipeline:
         if not fields:
             return []
         points = [device_point(device, fields, time_ms)]
-        known = memory.merge(fields, time_ms) if memory is not None else fields
+        known: Lookup = memory.merge(fields, time_ms) if memory is not None else fields
         summary = summarize(device.product, known)
         if summary:
             points.append(summary_point(device, summary, time_ms))

@@ -1,0 +1,320 @@
+"""`devices`, `quota`, `get`, `set`, `settings`: the EcoFlow Open API from the command line.
+
+Values are shown in stored units (normalized through the catalog, as the daemon writes them);
+"n/a" marks a sentinel ("not set") and the last column gives enum labels or decoded text.
+Exit status: 0 fine, 1 API or transport error, 2 usage, configuration or validation error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from collector.api.client import QUOTA_PATH, EcoflowClient
+from collector.api.commands import SetRequest, build_set_request, settings_table
+from collector.api.errors import ApiError, ResponseError, SettingValueError
+from collector.api.models import DeviceInfo, QuotaValues
+from collector.catalog import Catalog, FieldSpec, Product, default_catalog
+from collector.cli import UsageError
+from collector.config import Settings, load_settings
+from collector.decoding import PayloadError, Scalar, flatten
+from collector.normalize import KeyReporter, normalize_values
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+class _ShownKeys(KeyReporter):
+    """Unknown and text keys are shown in the table itself: no log line per key."""
+
+    def unknown(self, slug: str, key: str, value: float) -> None:
+        self.unknown_keys += 1
+
+    def non_numeric(self, slug: str, key: str, value: str) -> None:
+        self.non_numeric_values += 1
+
+
+def register(commands: Any) -> None:
+    config = argparse.ArgumentParser(add_help=False)
+    config.add_argument("--config", type=Path, help="TOML config file (default: environment variables only)")
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument("--json", action="store_true", help="JSON instead of a table")
+
+    def add(name: str, handler: Handler, help_text: str) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = commands.add_parser(
+            name, parents=[config, as_json], help=help_text, description=help_text
+        )
+        parser.set_defaults(handler=_reporting_api_errors(handler))
+        return parser
+
+    add("devices", run_devices, "list the account's devices: serial, name, product, online")
+    add("quota", run_quota, "show every quota of a device (HTTP quota/all), in stored units").add_argument(
+        "sn", help="device serial number"
+    )
+    get = add("get", run_get, "read named quotas of a device (HTTP POST quota)")
+    get.add_argument("sn", help="device serial number")
+    get.add_argument("keys", nargs="+", metavar="KEY", help="quota keys, e.g. 20_1.batSoc or pd.soc")
+    set_ = add("set", run_set, "change a device setting, then read it back (see `settings`)")
+    set_.add_argument("sn", help="device serial number")
+    set_.add_argument("setting", help="setting name, e.g. permanent-watts")
+    set_.add_argument("value", help="value in the setting's unit, or one of its words (on, off, ...)")
+    set_.add_argument(
+        "--dry-run", action="store_true", help="print the signed request (no secret key) and do not send it"
+    )
+    add("settings", run_settings, "what `set` can change: ranges, units, words").add_argument(
+        "--product", help="only this product (catalog slug or product name)"
+    )
+
+
+def _reporting_api_errors(handler: Handler) -> Handler:
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return handler(args)
+        except SettingValueError as exc:
+            print(f"ecoflow-collector {args.command}: {exc}", file=sys.stderr)
+            return 2
+        except ApiError as exc:
+            print(f"ecoflow-collector {args.command}: {exc}", file=sys.stderr)
+            return 1
+
+    return run
+
+
+# --- devices and their products -------------------------------------------------------------------
+
+
+class _Devices:
+    """Config [[devices]] first, then the cloud's device list (fetched once, only when needed)."""
+
+    def __init__(self, settings: Settings, catalog: Catalog, client: EcoflowClient) -> None:
+        self.catalog = catalog
+        self.client = client
+        self._configured = {entry.sn: entry for entry in settings.devices}
+        self._listed: dict[str, DeviceInfo] | None = None
+
+    def listed(self) -> dict[str, DeviceInfo]:
+        if self._listed is None:
+            self._listed = {info.sn: info for info in self.client.device_list()}
+        return self._listed
+
+    def product(self, sn: str, info: DeviceInfo | None = None) -> tuple[str, Product | None]:
+        """Config product, else the device list's productName, else the serial prefix."""
+        entry = self._configured.get(sn)
+        if entry is not None and entry.product:
+            return self.catalog.identify(entry.product, sn)
+        if info is None:
+            info = self.listed().get(sn)
+        if info is not None and info.productName:
+            slug, product = self.catalog.identify(info.productName, sn)
+            if product is not None:
+                return slug, product
+            by_serial = self.catalog.by_serial(sn)
+            return (by_serial.slug, by_serial) if by_serial else (slug, None)
+        return self.catalog.identify(None, sn)
+
+    def name(self, info: DeviceInfo) -> str:
+        entry = self._configured.get(info.sn)
+        return (entry.name if entry is not None else None) or info.deviceName or info.sn
+
+
+def _open(args: argparse.Namespace) -> tuple[Settings, EcoflowClient]:
+    settings = load_settings(args.config)
+    return settings, EcoflowClient.from_settings(settings.ecoflow)
+
+
+# --- rendering ------------------------------------------------------------------------------------
+
+
+def _number(value: float) -> str:
+    if value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return repr(round(value, 6))
+
+
+def _ascii2(raw: Scalar) -> str | None:
+    """Two ASCII letters packed into 16 bits, high byte first (17477 = 0x4445 -> "DE")."""
+    if not isinstance(raw, int) or not 0 < raw < 0x10000:
+        return None
+    text = raw.to_bytes(2, "big").decode("latin-1")
+    return text if text.isascii() and text.isprintable() else None
+
+
+def _meaning(spec: FieldSpec | None, raw: Scalar) -> str | None:
+    if spec is None or isinstance(raw, str):
+        return None
+    if spec.text == "ascii2":
+        return _ascii2(raw)
+    if spec.values and float(raw).is_integer():
+        return spec.values.get(str(int(raw)))
+    return None
+
+
+def quota_records(product: Product | None, slug: str, data: QuotaValues) -> list[dict[str, Any]]:
+    """Every quota key with its normalized value, stored unit and meaning (sentinels: value None)."""
+    try:
+        values = flatten(data)
+    except PayloadError as exc:
+        raise ResponseError(f"quota data of {slug}: {exc}") from None
+    normalized = normalize_values(product, values, _ShownKeys(), slug)
+    records: list[dict[str, Any]] = []
+    for key in sorted(values):
+        raw = values[key]
+        spec = product.lookup(key) if product is not None else None
+        value: float | str | None = raw if isinstance(raw, str) else normalized.get(key)
+        records.append(
+            {
+                "key": key,
+                "value": value,
+                "unit": spec.unit.stored if spec is not None else "",
+                "meaning": _meaning(spec, raw),
+                "raw": raw,
+                "known": spec is not None,
+            }
+        )
+    return records
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max([len(header[i])] + [len(row[i]) for row in rows]) for i in range(len(header))]
+    widths[-1] = 0  # the last column runs to the end of the line
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join(fmt.format(*row).rstrip() for row in [list(header), *rows])
+
+
+def _quota_table(records: list[dict[str, Any]]) -> str:
+    rows = []
+    for record in records:
+        value = record["value"]
+        shown = "n/a" if value is None else value if isinstance(value, str) else _number(value)
+        meaning = record["meaning"] or ("" if record["known"] else "(not in the catalog)")
+        rows.append([record["key"], shown, record["unit"], meaning])
+    return _table(["key", "value", "unit", "meaning"], rows)
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=1, ensure_ascii=False))
+
+
+def _show_quotas(args: argparse.Namespace, sn: str, slug: str, records: list[dict[str, Any]]) -> None:
+    if args.json:
+        _print_json({"sn": sn, "product": slug, "quotas": records})
+    elif records:
+        print(_quota_table(records))
+    else:
+        print(f"{sn}: the cloud returned no quotas")
+
+
+# --- commands -------------------------------------------------------------------------------------
+
+
+def run_devices(args: argparse.Namespace) -> int:
+    settings, client = _open(args)
+    with client:
+        devices = _Devices(settings, default_catalog(), client)
+        records: list[dict[str, Any]] = [
+            {
+                "sn": info.sn,
+                "name": devices.name(info),
+                "product": devices.product(info.sn, info)[0],
+                "product_name": info.productName,
+                "online": info.is_online,
+            }
+            for info in devices.listed().values()
+        ]
+    if args.json:
+        _print_json(records)
+    elif records:
+        rows = [[r["sn"], r["name"], r["product"], "yes" if r["online"] else "no"] for r in records]
+        print(_table(["sn", "name", "product", "online"], rows))
+    else:
+        print("the account has no devices")
+    return 0
+
+
+def run_quota(args: argparse.Namespace) -> int:
+    settings, client = _open(args)
+    with client:
+        slug, product = _Devices(settings, default_catalog(), client).product(args.sn)
+        data = client.quota_all(args.sn)
+    _show_quotas(args, args.sn, slug, quota_records(product, slug, data))
+    return 0
+
+
+def run_get(args: argparse.Namespace) -> int:
+    settings, client = _open(args)
+    with client:
+        slug, product = _Devices(settings, default_catalog(), client).product(args.sn)
+        data = client.quota_get(args.sn, args.keys)
+    _show_quotas(args, args.sn, slug, quota_records(product, slug, data))
+    return 0
+
+
+def _set_summary(request: SetRequest, typed: str) -> str:
+    """`HW51...: permanent-watts = 120 W (sent WN511_SET_PERMANENT_WATTS_PACK permanentWatts=1200)`."""
+    entry = request.setting.entry
+    if typed.strip().lower() in (word.lower() for word in entry.choices):
+        shown = typed.strip()
+    else:
+        shown = f"{_number(request.value)} {entry.unit}".rstrip()
+    command = entry.cmd_code or f"cmdSet {entry.cmd_set} id {entry.cmd_id}"
+    return f"{request.sn}: {request.setting.name} = {shown} (sent {command} {entry.param}={request.sent})"
+
+
+def run_set(args: argparse.Namespace) -> int:
+    settings, client = _open(args)
+    with client:
+        slug, product = _Devices(settings, default_catalog(), client).product(args.sn)
+        if product is None or not product.settings:
+            raise UsageError(
+                f"cannot tell which catalog product {args.sn} is (found {slug!r}): add "
+                f'product = "powerstream" (or another catalog slug) to its [[devices]] entry in the config'
+            )
+        request = build_set_request(product, args.sn, args.setting, args.value)
+        if args.dry_run:
+            _print_json(client.prepare("PUT", QUOTA_PATH, body=request.body).describe())
+            return 0
+        client.quota_set(args.sn, request.body)
+        if not args.json:
+            print(f"{_set_summary(request, args.value)}; read back:", flush=True)
+        read = request.read_back
+        try:
+            data = client.quota_get(args.sn, read.quotas, read.extra_params)
+        except ApiError as exc:
+            print(
+                f"ecoflow-collector set: the device accepted the setting; reading it back failed: {exc}",
+                file=sys.stderr,
+            )
+            return 1
+    records = quota_records(product, slug, data)
+    if args.json:
+        _print_json(
+            {"sn": args.sn, "setting": request.setting.name, "sent": request.body, "read_back": records}
+        )
+    else:
+        print(_quota_table(records) if records else "(the cloud returned no quotas)")
+    return 0
+
+
+def run_settings(args: argparse.Namespace) -> int:
+    catalog = default_catalog()
+    if args.product:
+        product = catalog.get(args.product) or catalog.by_product_name(args.product)
+        if product is None:
+            raise UsageError(
+                f"unknown product {args.product!r}; the catalog has: {', '.join(sorted(catalog.products))}"
+            )
+        products: list[Product] = [product]
+    else:
+        products = list(catalog.products.values())
+    records = [row for product in products for row in settings_table(product)]
+    if args.json:
+        _print_json(records)
+        return 0
+    columns = ("product", "setting", "allowed", "command", "param", "description")
+    print(_table(columns, [[str(record[c]) for c in columns] for record in records]))
+    return 0
