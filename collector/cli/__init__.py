@@ -14,6 +14,8 @@ from collector.logs import configure
 COMMAND_MODULES = (
     "collector.cli.decode",
     "collector.cli.schema",
+    "collector.cli.api",
+    "collector.cli.simulate",
 )
 
 
