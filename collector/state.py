@@ -96,6 +96,14 @@ class DeviceState:
     last_status_write_ms: int = 0
     read_denied: bool = False  # the cloud answered 1006: never poll again
     listed_offline: bool = False  # the device list says offline
+    last_point_ms: int = 0
+
+    def stamp(self, now_ms: int) -> int:
+        """A timestamp for the device's next point, strictly after its last one: two reports in the
+        same millisecond would otherwise merge into one point, the older values overwritten."""
+        stamp = now_ms if now_ms > self.last_point_ms else self.last_point_ms + 1
+        self.last_point_ms = stamp
+        return stamp
 
     def update_online(self, now_ms: int, offline_after_ms: int) -> bool:
         """Recompute the state from the clocks; True when it changed."""

@@ -472,8 +472,11 @@ def test_set_is_applied_and_answered(cloud: LocalCloud, subscriber: Subscriber) 
 
 
 def test_wrong_mqtt_credentials_fail_the_start(mosquitto_server: MosquittoServer) -> None:
-    # the accounts are not registered on this broker (no `mosquitto=`): the login is refused
-    cloud = LocalCloud("powerstream=1", broker=BrokerInfo.from_mosquitto(mosquitto_server), publish_rate=None)
+    # the accounts are not registered on this broker (no `mosquitto=`): the login is refused. A seed
+    # of its own: other tests' clouds (seed 0) registered their accounts on this session broker
+    cloud = LocalCloud(
+        "powerstream=1", broker=BrokerInfo.from_mosquitto(mosquitto_server), publish_rate=None, seed=4242
+    )
     with pytest.raises(PublisherError, match="MQTT login of open-"), cloud:
         pass
 

@@ -105,3 +105,8 @@ def test_shards_are_stable_and_cover_every_serial() -> None:
     assert shards == [shard_of(sn, 3) for sn in serials]
     counts = [shards.count(i) for i in range(3)]
     assert sum(counts) == 3000 and min(counts) > 900
+
+
+def test_points_of_one_device_never_share_a_millisecond() -> None:
+    state = Registry().add(Device("S1", "S1", "x", None))
+    assert [state.stamp(t) for t in (1000, 1000, 1000, 999, 1005)] == [1000, 1001, 1002, 1003, 1005]

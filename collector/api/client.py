@@ -222,7 +222,8 @@ class EcoflowClient:
         self._monotonic = monotonic
         self._unit_random = unit_random
         self._read_denied: dict[str, tuple[str, str | None]] = {}  # sn -> the 1006 answer
-        self._pool = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(total=timeout_s))
+        # maxsize: the daemon polls from a few threads at once; each keeps its connection alive
+        self._pool = urllib3.PoolManager(retries=False, timeout=urllib3.Timeout(total=timeout_s), maxsize=8)
 
     @classmethod
     def from_settings(cls, section: EcoflowSection, **kwargs: Any) -> Self:

@@ -16,6 +16,8 @@ COMMAND_MODULES = (
     "collector.cli.schema",
     "collector.cli.api",
     "collector.cli.simulate",
+    "collector.cli.run",
+    "collector.cli.demo",
 )
 
 

@@ -1,0 +1,152 @@
+"""`run` (the daemon) and `check` (probe every dependency and say precisely what is wrong)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import structlog
+
+from collector.api.client import EcoflowClient
+from collector.api.errors import ApiError
+from collector.catalog import default_catalog
+from collector.cli import UsageError
+from collector.config import ConfigError, Settings, load_settings
+from collector.daemon import Collector
+from collector.health import HealthServer
+from collector.logs import configure
+from collector.sink.influx import InfluxWriter
+from collector.statedir import StateDir, StateDirError
+
+log = structlog.get_logger("collector.run")
+
+
+def register(commands: Any) -> None:
+    run_parser: argparse.ArgumentParser = commands.add_parser(
+        "run", help="run the collector daemon (MQTT + HTTP fallback -> InfluxDB)"
+    )
+    run_parser.add_argument("--config", type=Path, help="TOML config file (environment overrides it)")
+    run_parser.set_defaults(handler=run)
+    check_parser: argparse.ArgumentParser = commands.add_parser(
+        "check", help="validate the config and probe the EcoFlow API, MQTT and InfluxDB"
+    )
+    check_parser.add_argument("--config", type=Path, help="TOML config file (environment overrides it)")
+    check_parser.add_argument("--timeout", type=float, default=10.0, help="seconds per probe")
+    check_parser.set_defaults(handler=check)
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    index, count = (int(part) for part in text.split("/"))
+    if not 1 <= index <= count:
+        raise UsageError(f"[collector] shard {text!r}: the first number must be 1..{count}")
+    return index - 1, count
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    configure(settings.logging.level, settings.logging.format)
+    catalog = default_catalog()  # an invalid catalog stops the start here
+    state_dir = StateDir(settings.collector.state_dir)
+    try:
+        state_dir.lock()
+    except StateDirError as exc:
+        raise UsageError(str(exc)) from None
+    client = EcoflowClient.from_settings(settings.ecoflow)
+    sink = InfluxWriter.from_settings(settings)
+    collector = Collector(
+        settings,
+        catalog,
+        client,
+        sink,
+        client_id=state_dir.client_id(settings.mqtt.client_id),
+        shard=parse_shard(settings.collector.shard),
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("collector.signal", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    health = None
+    if settings.collector.healthz_port is not None:
+        health = HealthServer(settings.collector.healthz_port, collector.health)
+        health.start()
+        log.info("healthz.listening", port=health.port)
+    try:
+        collector.start()
+        stop.wait()
+    finally:
+        collector.stop(timeout=8.0)
+        if health is not None:
+            health.stop()
+        client.close()
+        state_dir.unlock()
+    return 0
+
+
+def _report(name: str, ok: bool, detail: str) -> bool:
+    print(f"{'ok  ' if ok else 'FAIL'} {name}: {detail}")
+    return ok
+
+
+def check(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    source = args.config or "environment"
+    _report("config", True, f"{source} is valid ({len(settings.devices)} devices configured)")
+    catalog = default_catalog()
+    _report("catalog", True, f"{len(catalog.products)} products: {', '.join(sorted(catalog.products))}")
+    results = [_check_api(settings), _check_influx(settings, args.timeout)]
+    return 0 if all(results) else 1
+
+
+def _check_api(settings: Settings) -> bool:
+    from collector.sources.mqtt import probe_broker
+
+    try:
+        client = EcoflowClient.from_settings(settings.ecoflow)
+    except ConfigError as exc:
+        return _report("ecoflow api", False, str(exc))
+    with client:
+        try:
+            devices = client.device_list()
+        except ApiError as exc:
+            return _report("ecoflow api", False, f"{settings.ecoflow.api_url}: {exc}")
+        _report("ecoflow api", True, f"{settings.ecoflow.api_url}: {len(devices)} devices on the account")
+        collector = Collector(settings, default_catalog(), client, _NullSink(), client_id="check")
+        try:
+            credentials = collector.mqtt_credentials()
+        except ApiError as exc:
+            return _report("mqtt", False, f"certification failed: {exc}")
+    problem = probe_broker(credentials, timeout_s=settings.ecoflow.timeout_s)
+    where = f"{credentials.host}:{credentials.port} as {credentials.username}"
+    return _report("mqtt", problem is None, f"{where}: {problem or 'connected'}")
+
+
+def _check_influx(settings: Settings, timeout_s: float) -> bool:
+    problem = InfluxWriter.probe(settings, timeout_s)
+    i = settings.influxdb
+    return _report("influxdb", problem is None, f"{i.url} bucket {i.bucket}: {problem or 'writable'}")
+
+
+class _NullSink:
+    """`check` builds a Collector only to resolve MQTT credentials: nothing is written."""
+
+    def submit(self, points: list[Any]) -> None:
+        return None
+
+    def close(self, timeout: float) -> None:
+        return None
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+    def stuck(self) -> bool:
+        return False

@@ -1,0 +1,272 @@
+"""MQTT source: EcoFlow's broker pushes `/open/{account}/{sn}/quota|status|set_reply`.
+
+paho-mqtt 2.x (callback API v2) runs its network loop in its own thread and reconnects with a capped
+exponential backoff. Credentials come from a provider (the certification endpoint, or `[mqtt]`
+overrides); "Not authorized" makes the source ask the provider again, with its own backoff, before
+the next attempt. A watchdog (`check_watchdog`, called by the daemon's scheduler) rebuilds the
+session when nothing arrived for a long time although devices are online.
+"""
+
+from __future__ import annotations
+
+import ssl
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import structlog
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from collector.decoding import TopicKind
+
+log = structlog.get_logger("collector.mqtt")
+
+_AUTH_FAILURES = {"Not authorized", "Bad user name or password"}
+_SUBSCRIBE_CHUNK = 200  # topics per SUBSCRIBE packet
+
+
+@dataclass(frozen=True)
+class MqttCredentials:
+    host: str
+    port: int
+    username: str  # EcoFlow's certificateAccount: also the second topic level
+    password: str
+    tls: bool
+    ca_file: Path | None = None
+
+    def __repr__(self) -> str:  # never show the password
+        where = f"host={self.host!r}, port={self.port}, username={self.username!r}, tls={self.tls}"
+        return f"MqttCredentials({where})"
+
+
+MessageHandler = Callable[[str, TopicKind, bytes], None]  # (sn, topic kind, payload)
+
+
+def topic_filters(account: str, sn: str) -> list[str]:
+    return [f"/open/{account}/{sn}/{kind.value}" for kind in TopicKind]
+
+
+def parse_topic(topic: str) -> tuple[str, TopicKind] | None:
+    """`/open/{account}/{sn}/{kind}` -> (sn, kind); None for any other topic."""
+    parts = topic.split("/")
+    if len(parts) != 5 or parts[0] != "" or parts[1] != "open":
+        return None
+    try:
+        return parts[3], TopicKind(parts[4])
+    except ValueError:
+        return None
+
+
+def tls_context(ca_file: Path | None) -> ssl.SSLContext:
+    """System CAs plus the configured one; certificate and host name verification stay on."""
+    context = ssl.create_default_context()
+    if ca_file is not None:
+        context.load_verify_locations(cafile=str(ca_file))
+    return context
+
+
+class MqttSource:
+    def __init__(
+        self,
+        client_id: str,
+        credentials: Callable[[], MqttCredentials],
+        on_message: MessageHandler,
+        clock_ms: Callable[[], int],
+        keepalive_s: int = 60,
+        reconnect_max_s: float = 300.0,
+        on_connected: Callable[[], None] | None = None,
+    ) -> None:
+        self._client_id = client_id
+        self._credentials_provider = credentials
+        self._handler = on_message
+        self._clock_ms = clock_ms
+        self._keepalive = keepalive_s
+        self._reconnect_max = reconnect_max_s
+        self._on_connected = on_connected
+        self._lock = threading.Lock()
+        self._serials: set[str] = set()
+        self._client: mqtt.Client | None = None
+        self._credentials: MqttCredentials | None = None
+        self._refreshing = threading.Event()
+        self._stopping = threading.Event()
+        self._auth_backoff_s = 5.0
+        self.connected = False
+        self._connected_at_ms = 0
+        self.last_message_ms = 0
+        self.connects = 0
+        self.auth_failures = 0
+        self.messages: dict[str, int] = {kind.value: 0 for kind in TopicKind}
+
+    @property
+    def account(self) -> str | None:
+        return self._credentials.username if self._credentials else None
+
+    def start(self) -> None:
+        """Fetch credentials and start connecting (in the background; failures are retried)."""
+        self._credentials = self._credentials_provider()
+        self._client = self._build(self._credentials)
+        self._client.connect_async(self._credentials.host, self._credentials.port, self._keepalive)
+        self._client.loop_start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        client = self._client
+        if client is not None:
+            client.disconnect()
+            client.loop_stop()
+        self.connected = False
+
+    def add_devices(self, serials: Iterable[str]) -> None:
+        """Subscribe devices (now if connected, else at the next connect)."""
+        with self._lock:
+            new = [sn for sn in serials if sn not in self._serials]
+            self._serials.update(new)
+        if new and self.connected and self._client is not None and self.account:
+            self._subscribe(self._client, self.account, new)
+
+    def rebuild(self, reason: str) -> None:
+        """Drop the session and connect afresh (paho's loop reconnects with its backoff)."""
+        log.warning("mqtt.rebuild", reason=reason)
+        if self._client is not None:
+            self._client.reconnect()
+
+    def check_watchdog(self, watchdog_ms: int, devices_online: int) -> bool:
+        """Rebuild when connected, devices are online, and nothing arrived for watchdog_ms."""
+        now = self._clock_ms()
+        quiet_since = max(self.last_message_ms, self._connected_at_ms)
+        if self.connected and devices_online > 0 and now - quiet_since > watchdog_ms:
+            self.rebuild(
+                f"no message for {(now - quiet_since) // 1000} s while {devices_online} devices are online"
+            )
+            self._connected_at_ms = now
+            return True
+        return False
+
+    # --- paho plumbing -------------------------------------------------------------------------
+
+    def _build(self, credentials: MqttCredentials) -> mqtt.Client:
+        client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2,
+            client_id=self._client_id,
+            protocol=mqtt.MQTTv311,
+            clean_session=True,
+        )
+        client.username_pw_set(credentials.username, credentials.password)
+        if credentials.tls:
+            client.tls_set_context(tls_context(credentials.ca_file))
+        client.reconnect_delay_set(min_delay=1, max_delay=int(self._reconnect_max))
+        client.max_queued_messages_set(0)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def _subscribe(self, client: mqtt.Client, account: str, serials: list[str]) -> None:
+        topics = [(t, 1) for sn in serials for t in topic_filters(account, sn)]
+        for start in range(0, len(topics), _SUBSCRIBE_CHUNK):
+            result, _ = client.subscribe(topics[start : start + _SUBSCRIBE_CHUNK])
+            if result != mqtt.MQTT_ERR_SUCCESS:
+                log.warning("mqtt.subscribe_failed", error=mqtt.error_string(result))
+                return
+        log.info("mqtt.subscribed", devices=len(serials))
+
+    def _on_connect(
+        self, client: mqtt.Client, _userdata: Any, _flags: Any, reason_code: ReasonCode, _props: Any
+    ) -> None:
+        if reason_code.is_failure:
+            self.connected = False
+            log.error("mqtt.connect_refused", reason=str(reason_code), host=self._host())
+            if str(reason_code) in _AUTH_FAILURES:
+                self.auth_failures += 1
+                self._refresh_credentials_later()
+            return
+        self.connected = True
+        self.connects += 1
+        self._auth_backoff_s = 5.0
+        self._connected_at_ms = self._clock_ms()
+        log.info("mqtt.connected", host=self._host(), client_id=self._client_id)
+        with self._lock:
+            serials = sorted(self._serials)
+        if self.account:
+            self._subscribe(client, self.account, serials)
+        if self._on_connected is not None:
+            self._on_connected()
+
+    def _on_disconnect(
+        self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason_code: ReasonCode, _props: Any
+    ) -> None:
+        was = self.connected
+        self.connected = False
+        if was and not self._stopping.is_set():
+            log.warning("mqtt.disconnected", reason=str(reason_code))
+
+    def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
+        parsed = parse_topic(message.topic)
+        if parsed is None:
+            return
+        sn, kind = parsed
+        self.last_message_ms = self._clock_ms()
+        self.messages[kind.value] += 1
+        self._handler(sn, kind, bytes(message.payload))
+
+    def _host(self) -> str:
+        c = self._credentials
+        return f"{c.host}:{c.port}" if c else "?"
+
+    def _refresh_credentials_later(self) -> None:
+        """Ask the certification endpoint again after a backoff, off paho's thread."""
+        if self._refreshing.is_set() or self._stopping.is_set():
+            return
+        self._refreshing.set()
+        delay = self._auth_backoff_s
+        self._auth_backoff_s = min(self._auth_backoff_s * 2, 600.0)
+
+        def refresh() -> None:
+            try:
+                if self._stopping.wait(delay):
+                    return
+                fresh = self._credentials_provider()
+                self._credentials = fresh
+                if self._client is not None:
+                    self._client.username_pw_set(fresh.username, fresh.password)
+                log.info("mqtt.credentials_refreshed", username=fresh.username)
+            except Exception as exc:  # the provider's HTTP errors: try again at the next refusal
+                log.error("mqtt.credentials_refresh_failed", error=str(exc))
+            finally:
+                self._refreshing.clear()
+
+        threading.Thread(target=refresh, name="mqtt-credentials", daemon=True).start()
+
+
+def probe_broker(credentials: MqttCredentials, timeout_s: float = 10.0) -> str | None:
+    """Connect once and disconnect: None when the broker accepted us, else what went wrong."""
+    outcome: list[str] = []
+    done = threading.Event()
+
+    def on_connect(_c: mqtt.Client, _u: Any, _f: Any, reason_code: ReasonCode, _p: Any) -> None:
+        outcome.append("" if not reason_code.is_failure else f"refused: {reason_code}")
+        done.set()
+
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv311
+    )
+    client.username_pw_set(credentials.username, credentials.password)
+    if credentials.tls:
+        client.tls_set_context(tls_context(credentials.ca_file))
+    client.on_connect = on_connect
+    try:
+        client.connect(credentials.host, credentials.port, keepalive=30)
+    except (OSError, ssl.SSLError) as exc:
+        return f"cannot connect: {exc}"
+    client.loop_start()
+    try:
+        if not done.wait(timeout_s):
+            return f"no answer within {timeout_s:g} s"
+        return outcome[0] or None
+    finally:
+        client.disconnect()
+        client.loop_stop()

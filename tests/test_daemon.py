@@ -1,0 +1,288 @@
+"""The daemon end to end, in-process: local EcoFlow cloud -> real Mosquitto (TLS + password) ->
+collector -> real InfluxDB. Time-driven decisions are also driven directly with an injected clock.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import orjson
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from collector.api.client import EcoflowClient, RequestBudget
+from collector.catalog import default_catalog
+from collector.config import Settings
+from collector.daemon import Collector
+from collector.decoding import decode_bytes
+from collector.normalize import normalize_values
+from collector.simulator.server import LocalCloud
+from collector.sink.influx import InfluxWriter
+from collector.state import Online
+from collector.testbed import InfluxServer, MosquittoServer
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def make_settings(
+    cloud: LocalCloud, influx: InfluxServer, db: str, state_dir: Path, **collector: Any
+) -> Settings:
+    data = cloud.collector_settings()
+    data["influxdb"] = {
+        "url": influx.url,
+        "bucket": db,
+        "token": "t",
+        "batch_size": 200,
+        "flush_interval_s": 0.2,
+    }
+    data["collector"] = {"state_dir": str(state_dir), **collector}
+    data["mqtt"] = {**data.get("mqtt", {}), "reconnect_max_s": 2}
+    return Settings(**data)
+
+
+@contextmanager
+def running(settings: Settings, clock_ms: Callable[[], int] | None = None) -> Iterator[Collector]:
+    client = EcoflowClient.from_settings(settings.ecoflow, budget=RequestBudget())
+    sink = InfluxWriter.from_settings(settings)
+    kwargs = {"clock_ms": clock_ms} if clock_ms else {}
+    collector = Collector(
+        settings, default_catalog(), client, sink, client_id=f"test-{time.time_ns()}", **kwargs
+    )
+    collector.start()
+    try:
+        yield collector
+    finally:
+        collector.stop(timeout=5)
+        client.close()
+
+
+class Capture:
+    """Subscribes as the account's user and keeps every payload per topic, to compare with storage."""
+
+    def __init__(self, broker: MosquittoServer, user: str, password: str) -> None:
+        self.messages: dict[str, list[bytes]] = {}
+        self._client = mqtt.Client(
+            callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"cap-{time.time_ns()}"
+        )
+        self._client.username_pw_set(user, password)
+        self._client.tls_set(ca_certs=str(broker.ca_file))
+        self._client.on_message = lambda _c, _u, m: self.messages.setdefault(m.topic, []).append(m.payload)
+        subscribed = threading.Event()
+        self._client.on_subscribe = lambda *_a: subscribed.set()
+        self._client.on_connect = lambda c, *_a: c.subscribe(f"/open/{user}/#", qos=1)
+        self._client.connect(broker.host, broker.tls_port)
+        self._client.loop_start()
+        assert subscribed.wait(10)
+
+    def close(self) -> None:
+        self._client.disconnect()
+        self._client.loop_stop()
+
+
+@pytest.fixture
+def cloud(mosquitto_server: MosquittoServer) -> Iterator[LocalCloud]:
+    with LocalCloud("powerstream=1,delta_pro=1", mosquitto=mosquitto_server, publish_rate=None) as local:
+        yield local
+
+
+def rows(influx: InfluxServer, db: str, measurement: str, sn: str) -> list[dict[str, Any]]:
+    return influx.rows(db, f"SELECT * FROM \"{measurement}\" WHERE sn = '{sn}'", epoch="ms")
+
+
+def test_quota_reports_of_both_products_arrive_with_the_right_values(
+    cloud: LocalCloud,
+    mosquitto_server: MosquittoServer,
+    influx_server: InfluxServer,
+    influx_db: str,
+    tmp_path: Path,
+) -> None:
+    account = cloud.account
+    capture = Capture(mosquitto_server, account.certificate_account, account.certificate_password)
+    settings = make_settings(cloud, influx_server, influx_db, tmp_path)
+    catalog = default_catalog()
+    try:
+        with running(settings) as collector:
+            wait_for(lambda: collector.mqtt.connected, what="MQTT connection")
+            wait_for(lambda: collector.polls["startup"] == 2, what="start-up seeding")
+            for device in cloud.devices:
+                # an HTTP seed landed at start-up: dashboards are complete at once
+                wait_for(lambda d=device: rows(influx_server, influx_db, d.product_slug, d.sn), what="seed")
+                before = len(rows(influx_server, influx_db, device.product_slug, device.sn))
+                cloud.publisher.publish_report(device, full=True)
+                stored = wait_for(
+                    lambda d=device, n=before: (
+                        (r := rows(influx_server, influx_db, d.product_slug, d.sn))[n:] and r
+                    ),
+                    what=f"the MQTT report of {device.sn}",
+                )
+                topic = f"/open/{account.certificate_account}/{device.sn}/quota"
+                payload = wait_for(lambda t=topic: capture.messages.get(t), what="captured payload")[-1]
+                expected = normalize_values(
+                    catalog.products[device.product_slug], decode_bytes(payload).values
+                )
+                last = stored[-1]
+                assert len(expected) > 40
+                for key, value in expected.items():
+                    assert last[key] == pytest.approx(value, rel=1e-12, abs=0), key
+                summary = rows(influx_server, influx_db, "ecoflow_summary", device.sn)
+                assert summary and {"soc_percent", "battery_w"} <= {
+                    k for k, v in summary[-1].items() if v is not None
+                }
+            assert collector.mqtt.messages["quota"] == 2
+    finally:
+        capture.close()
+
+
+def test_status_changes_arrive(
+    cloud: LocalCloud, influx_server: InfluxServer, influx_db: str, tmp_path: Path
+) -> None:
+    settings = make_settings(cloud, influx_server, influx_db, tmp_path)
+    device = cloud.devices[0]
+    with running(settings) as collector:
+        wait_for(lambda: collector.mqtt.connected, what="MQTT connection")
+        cloud.set_online(device.sn, False)
+        wait_for(lambda: collector.registry.devices[device.sn].online is Online.OFFLINE, what="offline")
+        cloud.set_online(device.sn, True)
+        wait_for(lambda: collector.registry.devices[device.sn].online is Online.ONLINE, what="online again")
+        collector.sink.flush(5)  # type: ignore[attr-defined]
+    states = [r["state"] for r in rows(influx_server, influx_db, "ecoflow_status", device.sn)]
+    online = [r["online"] for r in rows(influx_server, influx_db, "ecoflow_status", device.sn)]
+    assert 0.0 in states and states[-1] in (1.0, 2.0)
+    assert online[states.index(0.0)] == 0.0 and 1.0 in online
+
+
+def test_hostile_payloads_are_counted_and_the_daemon_goes_on(
+    cloud: LocalCloud,
+    mosquitto_server: MosquittoServer,
+    influx_server: InfluxServer,
+    influx_db: str,
+    tmp_path: Path,
+) -> None:
+    settings = make_settings(cloud, influx_server, influx_db, tmp_path, max_payload_bytes=65536)
+    account = cloud.account
+    device = cloud.devices[0]
+    topic = f"/open/{account.certificate_account}/{device.sn}/quota"
+    hostile = [
+        b"{not json",
+        b'{"params": {"pd.soc": [[[[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]]]]}, "version": "1.0"}',
+        b'{"a": "' + b"x" * 1_000_000 + b'"}',
+        b"[1, 2, 3]",
+        b'{"cmdId": "x", "cmdFunc": {}, "param": 5}',
+        b"\xff\xfe\x00garbage",
+        orjson.dumps({"deep": {"a" * 300: 1}}),
+    ]
+    sender = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"hostile-{time.time_ns()}"
+    )
+    sender.username_pw_set(account.certificate_account, account.certificate_password)
+    sender.tls_set(ca_certs=str(mosquitto_server.ca_file))
+    sender.connect(mosquitto_server.host, mosquitto_server.tls_port)
+    sender.loop_start()
+    try:
+        with running(settings) as collector:
+            wait_for(lambda: collector.mqtt.connected, what="MQTT connection")
+            for payload in hostile:
+                sender.publish(topic, payload, qos=1).wait_for_publish(5)
+            wait_for(lambda: sum(collector.rejects.counts.values()) == len(hostile), what="all rejections")
+            assert collector.rejects.counts["too_large"] == 1
+            assert collector.rejects.counts["malformed"] == len(hostile) - 1
+            before = len(rows(influx_server, influx_db, device.product_slug, device.sn))
+            cloud.publisher.publish_report(device, full=True)
+            wait_for(
+                lambda: len(rows(influx_server, influx_db, device.product_slug, device.sn)) > before,
+                what="a good report after the hostile ones",
+            )
+            collector.write_telemetry()
+            collector.sink.flush(5)  # type: ignore[attr-defined]
+        telemetry = influx_server.rows(influx_db, "SELECT * FROM ecoflow_collector", epoch="ms")
+        assert telemetry[-1]["messages_rejected"] == len(hostile)
+    finally:
+        sender.disconnect()
+        sender.loop_stop()
+
+
+def test_fallback_polls_follow_staleness_with_an_injected_clock(
+    cloud: LocalCloud, influx_server: InfluxServer, influx_db: str, tmp_path: Path
+) -> None:
+    now = [1_800_000_000_000]
+    settings = make_settings(
+        cloud,
+        influx_server,
+        influx_db,
+        tmp_path,
+        stale_after_s=120,
+        offline_after_s=600,
+        quota_all_interval_s=3600,
+    )
+    client = EcoflowClient.from_settings(settings.ecoflow, budget=RequestBudget())
+    sink = InfluxWriter.from_settings(settings)
+    collector = Collector(
+        settings, default_catalog(), client, sink, client_id="clocked", clock_ms=lambda: now[0]
+    )
+    try:
+        collector.add_devices(collector.configured_devices())
+        state = collector.registry.devices[cloud.devices[0].sn]
+        other = collector.registry.devices[cloud.devices[1].sn]
+        collector.mqtt.connected = True  # as if the broker were up: only staleness matters
+        assert collector.check_fallback() == 0  # not known online: MQTT may simply not have spoken yet
+        assert collector.poll(state, "test")
+        assert state.online is Online.ASSUMED_OFFLINE  # an HTTP answer alone never marks a device online
+        # fresh MQTT data: online, nothing due
+        for s in (state, other):
+            s.set_online(Online.ONLINE)
+            s.last_mqtt_ms = s.last_poll_ms = now[0]
+        assert collector.check_fallback() == 0
+        now[0] += 121_000  # MQTT stale past stale_after_s while online: fallback for both
+        assert collector.check_fallback() == 2
+        wait_for(lambda: collector.polls["fallback"] == 2)
+        assert collector.check_fallback() == 0  # just polled: not again before stale_after_s
+        now[0] += 500_000  # silent past offline_after_s: assumed offline, no more fallback polls
+        assert collector.check_fallback() == 0
+        assert state.online is Online.ASSUMED_OFFLINE
+        collector.mqtt.connected = False  # MQTT down: every pollable device is polled
+        assert collector.check_fallback() == 2
+        state.listed_offline = True  # the device list says offline: not polled
+        now[0] += 121_000
+        assert collector.check_fallback() == 1
+    finally:
+        collector.stop(timeout=5)
+        client.close()
+
+
+def test_broker_outage_switches_to_http_fallback_and_back(
+    influx_server: InfluxServer, influx_db: str, tmp_path: Path
+) -> None:
+    with (
+        MosquittoServer() as broker,
+        LocalCloud("powerstream=1,delta_pro=1", mosquitto=broker, publish_rate=5) as cloud,
+    ):
+        settings = make_settings(cloud, influx_server, influx_db, tmp_path / "state", stale_after_s=1.0)
+        with running(settings) as collector:
+            wait_for(lambda: collector.mqtt.messages["quota"] >= 4, what="MQTT reports")
+            broker.kill()
+            killed_at = time.monotonic()
+            wait_for(lambda: not collector.mqtt.connected, what="disconnect")
+            polls = collector.polls["fallback"]
+            wait_for(lambda: collector.polls["fallback"] >= polls + 2, timeout=15, what="fallback polls")
+            assert time.monotonic() - killed_at < 1.0 + 2 * 10  # within staleness plus the check interval
+            broker.restart()  # the simulator's publisher reconnects by itself, like a real device
+            received = collector.mqtt.messages["quota"]
+            wait_for(lambda: collector.mqtt.connected, timeout=20, what="MQTT reconnect")
+            wait_for(
+                lambda: collector.mqtt.messages["quota"] > received + 2, timeout=20, what="MQTT data again"
+            )
+            assert collector.polls["connected"] >= 2  # re-seeded over HTTP after the reconnect
