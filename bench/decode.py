@@ -10,10 +10,14 @@ shape and a Delta Pro quota/all answer (246 keys).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import random
+import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -25,34 +29,66 @@ from collector.points import Device
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 CASES = [
-    ("powerstream heartbeat (MQTT)", "powerstream", FIXTURES / "powerstream" / "heartbeat_param.json"),
-    ("delta_pro quota/all (HTTP)", "delta_pro", FIXTURES / "delta_pro" / "quota_all.json"),
+    ("powerstream heartbeat (MQTT)", "powerstream", FIXTURES / "powerstream" / "heartbeat_param.json", False),
     (
-        "delta_pro quota report (MQTT, strings)",
+        "powerstream heartbeat, values varying",
+        "powerstream",
+        FIXTURES / "powerstream" / "heartbeat_param.json",
+        True,
+    ),
+    ("delta_pro quota/all (HTTP)", "delta_pro", FIXTURES / "delta_pro" / "quota_all.json", False),
+    ("delta_pro quota/all, values varying", "delta_pro", FIXTURES / "delta_pro" / "quota_all.json", True),
+    (
+        "delta_pro MQTT, numbers as strings",
         "delta_pro",
         FIXTURES / "delta_pro" / "mqtt_quota_strings.json",
+        False,
+    ),
+    (
+        "delta_pro MQTT strings, values varying",
+        "delta_pro",
+        FIXTURES / "delta_pro" / "mqtt_quota_strings.json",
+        True,
     ),
 ]
+
+
+def vary(value: Any, rng: random.Random) -> Any:
+    """The same payload with every number (or number as text) moved a little, types kept."""
+    if isinstance(value, dict):
+        return {k: vary(v, rng) for k, v in value.items()}
+    if isinstance(value, list):
+        return [vary(v, rng) for v in value]
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        return value + rng.randint(0, 40)
+    if isinstance(value, float):
+        return round(value + rng.uniform(0, 4), 2)
+    if isinstance(value, str) and value.isdecimal():
+        return str(int(value) + rng.randint(0, 40))
+    return value
 
 
 TIME_MS = 1_700_000_000_000
 
 
-def rate(fn: Callable[[], object], seconds: float) -> float:
-    """Calls per second of fn, best of three runs of `seconds` / 3."""
-    best = 0.0
-    for _ in range(3):
-        count, start = 0, time.perf_counter()
-        deadline = start + seconds / 3
-        while True:
-            for _ in range(200):
-                fn()
-            count += 200
-            now = time.perf_counter()
-            if now >= deadline:
-                break
-        best = max(best, count / (now - start))
-    return best
+def per_call_s(fn: Callable[[], object], calls: int) -> float:
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start) / calls
+
+
+def measure(fns: list[Callable[[], object]], seconds: float) -> list[list[float]]:
+    """Seconds per call of each fn, measured in interleaved rounds (this VM's speed drifts by
+    2x within seconds, so each round compares the functions under the same conditions)."""
+    calls = max(20, int(0.02 / per_call_s(fns[-1], 20)))  # about 20 ms of the slowest per round
+    rounds: list[list[float]] = []
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or len(rounds) < 5:
+        rounds.append([per_call_s(fn, calls) for fn in fns])
+    return rounds
 
 
 def main() -> None:
@@ -64,25 +100,40 @@ def main() -> None:
     configure("warning")
     catalog = default_catalog()
     pipeline = Pipeline()
-    header = "{:40} {:>6} {:>6} {:>13} {:>10} {:>12} {:>7}".format(
+    header = "{:44} {:>6} {:>6} {:>13} {:>10} {:>12} {:>7}".format(
         "payload", "bytes", "fields", "json.loads/s", "orjson/s", "full path/s", "x json"
     )
     print(header)
     print("-" * len(header))
-    for label, product, path in CASES:
+    for label, product, path, varying in CASES:
         payload = path.read_bytes()
         device = Device.resolve(catalog, "BENCH00000000001", "bench", product)
+        variants = [payload]
+        if varying:  # distinct values in every message, as a live device sends them
+            rng = random.Random(1)
+            original = orjson.loads(payload)
+            body = next(k for k in ("param", "params", "data") if k in original)
+            variants = [orjson.dumps({**original, body: vary(original[body], rng)}) for _ in range(2000)]
+        feed = itertools.cycle(variants)
 
-        def full_path(payload: bytes = payload, device: Device = device) -> str:
-            _, points = pipeline.process(device, payload, TopicKind.QUOTA, TIME_MS)
+        def full_path(feed: Iterator[bytes] = feed, device: Device = device) -> str:
+            _, points = pipeline.process(device, next(feed), TopicKind.QUOTA, TIME_MS)
             return "\n".join(p.to_line() for p in points)
 
         fields = sum(len(p.fields) for p in pipeline.process(device, payload, TopicKind.QUOTA, TIME_MS)[1])
-        json_rate = rate(lambda payload=payload: json.loads(payload), args.seconds)
-        orjson_rate = rate(lambda payload=payload: orjson.loads(payload), args.seconds)
-        full_rate = rate(full_path, args.seconds)
-        row = (label, len(payload), fields, json_rate, orjson_rate, full_rate, json_rate / full_rate)
-        print("{:40} {:6} {:6} {:13,.0f} {:10,.0f} {:12,.0f} {:7.2f}".format(*row))
+        rounds = measure(
+            [
+                lambda feed=feed: json.loads(next(feed)),
+                lambda feed=feed: orjson.loads(next(feed)),
+                full_path,
+            ],
+            args.seconds,
+        )
+        json_s, orjson_s, full_s = (statistics.median(r[i] for r in rounds) for i in range(3))
+        ratio = statistics.median(r[2] / r[0] for r in rounds)
+        row = (label, len(payload), fields, 1 / json_s, 1 / orjson_s, 1 / full_s, ratio)
+        print("{:44} {:6} {:6} {:13,.0f} {:10,.0f} {:12,.0f} {:7.2f}".format(*row))
+    print("rates: medians over interleaved rounds; x json: median of the per-round ratios")
 
 
 if __name__ == "__main__":

@@ -59,10 +59,22 @@ def parse_json(data: bytes | str) -> Any:
         raise PayloadError(f"not JSON: {exc}") from None
 
 
+_numbers: dict[str, int | float | str] = {}  # text -> what _number made of it (bounded memo)
+
+
 def _number(text: str) -> int | float | str:
     """A string holding a number becomes that number; any other string stays as it is."""
-    if text.isdecimal() and len(text) < 20:  # the common case, without an exception
-        return int(text)
+    known = _numbers.get(text)
+    if known is not None:
+        return known
+    result = _parse_number(text)
+    # device values repeat (states, limits, cell millivolts): remembering short ones saves the parse
+    if len(text) <= 12 and len(_numbers) < 65_536:
+        _numbers[text] = result
+    return result
+
+
+def _parse_number(text: str) -> int | float | str:
     try:
         integer = int(text)
     except ValueError:
@@ -91,8 +103,9 @@ def _flatten_object(obj: dict[str, Any], prefix: str, out: dict[str, Scalar], de
         cls = value.__class__
         if cls is int or cls is float:
             out[full] = value
-        elif cls is str:  # numbers as text: the common decimal case inline, the rest in _number
-            out[full] = int(value) if value.isdecimal() and len(value) < 20 else _number(value)
+        elif cls is str:  # numbers as text (Delta Pro MQTT); the memo's hits inline
+            known = _numbers.get(value)
+            out[full] = known if known is not None else _number(value)
         elif cls is dict:
             _flatten_object(value, full + ".", out, depth + 1)
         else:
@@ -109,19 +122,33 @@ def _flatten_other(value: Any, key: str, out: dict[str, Scalar], depth: int) -> 
     elif value.__class__ is list:
         if depth + 1 > MAX_DEPTH:
             raise PayloadError(f"nested deeper than {MAX_DEPTH} levels at {key!r}")
+        names = _element_names.get(key)
+        if names is None or len(names) < len(value):
+            names = _remember_element_names(key, len(value))
         for index, item in enumerate(value):
-            element = f"{key}[{index}]"
+            element = names[index]
             cls = item.__class__
             if cls is int or cls is float:
                 out[element] = item
             elif cls is str:
-                out[element] = int(item) if item.isdecimal() and len(item) < 20 else _number(item)
+                known = _numbers.get(item)
+                out[element] = known if known is not None else _number(item)
             elif cls is dict:
                 _flatten_object(item, element + ".", out, depth + 2)
             else:
                 _flatten_other(item, element, out, depth + 1)
     else:
         raise PayloadError(f"unsupported value of type {type(value).__name__} at {key!r}")
+
+
+_element_names: dict[str, list[str]] = {}  # "a" -> ["a[0]", "a[1]", ...]: arrays repeat in every report
+
+
+def _remember_element_names(key: str, count: int) -> list[str]:
+    names = [f"{key}[{index}]" for index in range(count)]
+    if len(_element_names) < 10_000 and count <= 1024:
+        _element_names[key] = names
+    return names
 
 
 def _check_keys(values: dict[str, Scalar]) -> dict[str, Scalar]:

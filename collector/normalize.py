@@ -11,7 +11,7 @@ from typing import Protocol
 
 import structlog
 
-from collector.catalog import FieldSpec, Product
+from collector.catalog import Product
 from collector.decoding import Scalar
 
 log = structlog.get_logger("collector.normalize")
@@ -63,15 +63,19 @@ def normalize_values(
     report = reporter or _default_reporter
     name = slug or (product.slug if product else "unknown")
     out: dict[str, float] = {}
-    resolved: dict[str, FieldSpec | None] = product.resolved if product is not None else {}
+    divisors = product.divisors if product is not None else {}
     for key, raw in values.items():
+        divisor = divisors.get(key)
+        if divisor is not None:  # the common case, in as few operations as possible
+            try:
+                out[key] = raw / divisor  # type: ignore[operator]
+                continue
+            except TypeError:  # text where a number belongs: reported below
+                pass
         if isinstance(raw, str):
             report.non_numeric(name, key, raw)
             continue
-        try:
-            spec = resolved[key]
-        except KeyError:  # first sight of this key: the catalog's slower lookup fills the cache
-            spec = product.lookup(key) if product is not None else None
+        spec = product.lookup(key) if product is not None else None
         if spec is None:
             report.unknown(name, key, raw)
             out[key] = float(raw)

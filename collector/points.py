@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 import orjson
@@ -36,6 +36,7 @@ def escape_key(text: str) -> str:
 # set is serialised by orjson (C) and turned into line protocol by two replaces (see Point.to_line).
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_.\[\]@#+-]+")
 _plain_keys: set[str] = set()
+_JSON_TO_LINE = bytes.maketrans(b":", b"=")
 
 
 def _all_plain(keys: Iterable[str]) -> bool:
@@ -54,6 +55,7 @@ class Point:
     tags: tuple[tuple[str, str], ...]  # sorted by key
     fields: dict[str, float]
     time_ms: int
+    series_text: str | None = None  # measurement and tags in line protocol, when known already
 
     def series(self) -> str:
         return ",".join(
@@ -65,11 +67,12 @@ class Point:
         """One line of line protocol (decoding admits only finite numbers, so every value is)."""
         fields = self.fields
         if _plain_keys.issuperset(fields) or _all_plain(fields):
-            # {"a":1.0,"b":2.5} -> a=1.0,b=2.5 (orjson writes floats in a form line protocol reads)
-            body = orjson.dumps(fields).decode()[2:-1].replace('":', "=").replace(',"', ",")
+            # {"a":1.0,"b":2.5} -> a=1.0,b=2.5: plain keys hold no `"` or `:`, nor do the numbers,
+            # which orjson writes in a form line protocol reads
+            body = orjson.dumps(fields).translate(_JSON_TO_LINE, b'"')[1:-1].decode()
         else:
             body = ",".join([f"{escape_key(k)}={v!r}" for k, v in fields.items()])
-        return f"{series or self.series()} {body} {self.time_ms}"
+        return f"{series or self.series_text or self.series()} {body} {self.time_ms}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,14 @@ class Device:
     name: str
     slug: str  # the measurement
     product: Product | None
+    # the series of its two per-message points, escaped once rather than for every point
+    series: str = field(init=False, repr=False, compare=False)
+    summary_series: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "series", Point(self.slug, self.tags(), {}, 0).series())
+        summary = Point(SUMMARY_MEASUREMENT, self.summary_tags(), {}, 0).series()
+        object.__setattr__(self, "summary_series", summary)
 
     @classmethod
     def resolve(
@@ -91,14 +102,16 @@ class Device:
     def tags(self) -> tuple[tuple[str, str], ...]:
         return (("name", self.name), ("sn", self.sn))
 
+    def summary_tags(self) -> tuple[tuple[str, str], ...]:
+        return (("name", self.name), ("product", self.slug), ("sn", self.sn))
+
 
 def device_point(device: Device, fields: dict[str, float], time_ms: int) -> Point:
-    return Point(device.slug, device.tags(), fields, time_ms)
+    return Point(device.slug, device.tags(), fields, time_ms, device.series)
 
 
 def summary_point(device: Device, summary: dict[str, float], time_ms: int) -> Point:
-    tags = (("name", device.name), ("product", device.slug), ("sn", device.sn))
-    return Point(SUMMARY_MEASUREMENT, tags, summary, time_ms)
+    return Point(SUMMARY_MEASUREMENT, device.summary_tags(), summary, time_ms, device.summary_series)
 
 
 def status_point(device: Device, online: bool, time_ms: int) -> Point:

@@ -156,6 +156,9 @@ class Product:
     summary: dict[str, tuple[tuple[str, float], ...]]  # summary field -> (key, sign) terms
     settings: dict[str, Setting]
     resolved: dict[str, FieldSpec | None] = field(default_factory=dict, repr=False)  # lookup's cache
+    # key -> divisor of resolved fields that only divide (0.1 V, mV, ...; 1 for V, W) and have no
+    # sentinels: the normalizer's fast path, one division per value
+    divisors: dict[str, float] = field(default_factory=dict, repr=False)
 
     def lookup(self, key: str) -> FieldSpec | None:
         """The spec of a flattened quota key (array elements resolve to their array)."""
@@ -172,6 +175,8 @@ class Product:
                     break
         if len(self.resolved) < 100_000:  # bounded: hostile payloads may invent keys forever
             self.resolved[key] = spec
+            if spec is not None and not spec.sentinels and spec.mul == 1.0:
+                self.divisors[key] = spec.div
         return spec
 
     def all_fields(self) -> list[FieldSpec]:
