@@ -76,6 +76,14 @@ class AccountBook:
                 self._by_sn[sn] = account
         return account
 
+    def bind(self, account: Account, device: SimDevice) -> None:
+        """A device newly bound to an account (it shows in that account's device list)."""
+        with self._lock:
+            if device.sn in self._by_sn:
+                raise ValueError(f"device {device.sn} already belongs to an account")
+            account.add_device(device)
+            self._by_sn[device.sn] = account
+
     def by_access_key(self, access_key: str) -> Account | None:
         return self._by_key.get(access_key)
 

@@ -192,6 +192,15 @@ class LocalCloud:
             register_users(self.mosquitto, [account])
         return account
 
+    def bind_device(self, devices: str, account: Account | None = None) -> list[SimDevice]:
+        """New devices (e.g. `"delta_pro=1"`) bound to an account while the cloud runs, as when a
+        user adds one in the app: they show in the device list and publish from then on."""
+        owner = account or self.account
+        added = make_devices(devices, clock=self.clock, rng=self._rng, site=self.site, taken=self._taken)
+        for device in added:
+            self.accounts.bind(owner, device)
+        return added
+
     def set_online(self, sn: str, online: bool) -> None:
         """Take a device on or off line; a change sends its `/status` message."""
         device = self.device(sn)

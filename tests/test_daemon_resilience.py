@@ -1,0 +1,147 @@
+"""What keeps the daemon running unattended: the MQTT watchdog, credential refresh after "Not
+authorized", discovery of new devices without a restart, the device list's offline flags, and
+secrets kept out of the logs. Real broker, real InfluxDB, the local EcoFlow cloud."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from collector.api.client import EcoflowClient, RequestBudget
+from collector.catalog import default_catalog
+from collector.daemon import Collector
+from collector.logs import REDACTED, redact
+from collector.simulator.server import LocalCloud
+from collector.sink.influx import InfluxWriter
+from collector.state import Online
+from collector.testbed import InfluxServer, MosquittoServer
+from tests.test_daemon import make_settings, rows, running, wait_for
+
+
+@pytest.fixture
+def broker() -> Iterator[MosquittoServer]:
+    with MosquittoServer() as server:
+        yield server
+
+
+def test_watchdog_rebuilds_a_silent_session_while_devices_are_online(
+    broker: MosquittoServer, influx_server: InfluxServer, influx_db: str, tmp_path: Path
+) -> None:
+    now = [1_800_000_000_000]
+    with LocalCloud("powerstream=1", mosquitto=broker, publish_rate=None) as cloud:
+        settings = make_settings(cloud, influx_server, influx_db, tmp_path)
+        with running(settings, clock_ms=lambda: now[0]) as collector:
+            wait_for(lambda: collector.mqtt.connected, what="MQTT connection")
+            collector.check_watchdog()
+            assert collector.mqtt.connects == 1  # nobody online: silence is expected
+            collector.registry.devices[cloud.devices[0].sn].set_online(Online.ONLINE)
+            now[0] += int(settings.mqtt.watchdog_s * 1000) - 1000
+            collector.check_watchdog()
+            assert collector.mqtt.connects == 1  # not silent long enough yet
+            now[0] += 2000
+            collector.check_watchdog()
+            wait_for(lambda: collector.mqtt.connects == 2 and collector.mqtt.connected, what="a new session")
+            cloud.publisher.publish_report(cloud.devices[0], full=True)
+            wait_for(lambda: collector.mqtt.messages["quota"] == 1, what="data on the new session")
+
+
+def test_not_authorized_fetches_fresh_credentials_and_reconnects(
+    broker: MosquittoServer, influx_server: InfluxServer, influx_db: str, tmp_path: Path
+) -> None:
+    with LocalCloud("powerstream=1", mosquitto=broker, publish_rate=None, seed=77) as cloud:
+        account = cloud.account
+        settings = make_settings(cloud, influx_server, influx_db, tmp_path)
+        with running(settings) as collector:
+            wait_for(lambda: collector.mqtt.connected, what="MQTT connection")
+            # EcoFlow rotates the MQTT password: the broker and the certification endpoint change
+            account.certificate_password = "rotated-" + account.certificate_password[8:]
+            broker.add_user(account.certificate_account, account.certificate_password)
+            with capture_logs() as logs:
+                collector.mqtt.rebuild("test: force a new login")
+                wait_for(lambda: collector.mqtt.auth_failures >= 1, what="the refusal")
+                wait_for(
+                    lambda: collector.mqtt.connected, timeout=30, what="reconnect with fresh credentials"
+                )
+            events = [e["event"] for e in logs]
+            assert "mqtt.connect_refused" in events and "mqtt.credentials_refreshed" in events
+            assert all(account.certificate_password not in str(e) for e in logs)
+            cloud.publisher.disconnect()  # the simulated devices log in again with the new password
+            cloud.publisher.connect()
+            cloud.publisher.publish_report(cloud.devices[0], full=True)
+            wait_for(lambda: collector.mqtt.messages["quota"] >= 1, what="data after the refresh")
+
+
+def test_new_devices_are_discovered_and_subscribed_without_a_restart(
+    broker: MosquittoServer, influx_server: InfluxServer, influx_db: str, tmp_path: Path
+) -> None:
+    with LocalCloud("powerstream=1", mosquitto=broker, publish_rate=None) as cloud:
+        settings = make_settings(cloud, influx_server, influx_db, tmp_path)
+        settings.devices.clear()  # no [[devices]]: the account's device list is the list
+        with running(settings) as collector:
+            wait_for(lambda: collector.mqtt.connected, what="MQTT connection")
+            assert list(collector.registry.devices) == [cloud.devices[0].sn]
+            (new,) = cloud.bind_device("delta_pro=1")
+            collector.refresh_device_list()
+            state = wait_for(lambda: collector.registry.get(new.sn), what="the new device")
+            assert state.device.slug == "delta_pro"  # productName from the device list
+            assert state.device.name == new.device_name
+            wait_for(lambda: rows(influx_server, influx_db, "delta_pro", new.sn), what="its HTTP seed")
+            seeded = len(rows(influx_server, influx_db, "delta_pro", new.sn))
+            cloud.publisher.publish_report(new, full=True)
+            wait_for(
+                lambda: len(rows(influx_server, influx_db, "delta_pro", new.sn)) > seeded,
+                what="its MQTT report (subscribed without a restart)",
+            )
+
+
+def test_device_list_offline_flag_marks_offline_and_stops_polling(
+    influx_server: InfluxServer, influx_db: str, tmp_path: Path
+) -> None:
+    with LocalCloud("powerstream=2", publish_rate=None) as cloud:  # HTTP only
+        settings = make_settings(cloud, influx_server, influx_db, tmp_path)
+        client = EcoflowClient.from_settings(settings.ecoflow, budget=RequestBudget())
+        sink = InfluxWriter.from_settings(settings)
+        collector = Collector(settings, default_catalog(), client, sink, client_id="list")
+        try:
+            collector.add_devices(collector.configured_devices())
+            off, on = cloud.devices
+            off.online = False
+            collector.refresh_device_list()
+            assert collector.registry.devices[off.sn].online is Online.OFFLINE
+            assert collector.registry.devices[on.sn].online is Online.ASSUMED_OFFLINE
+            assert collector.check_fallback() == 1  # MQTT is down here: only the listed-online one
+            sink.flush(5)
+            status = rows(influx_server, influx_db, "ecoflow_status", off.sn)
+            assert status and status[-1]["online"] == 0.0 and status[-1]["state"] == 0.0
+            off.online = True
+            collector.refresh_device_list()
+            assert collector.check_fallback() == 1  # the other one was just polled
+        finally:
+            collector.stop(timeout=5)
+            client.close()
+
+
+def test_secrets_are_redacted_from_log_events() -> None:
+    event = {
+        "event": "x",
+        "secret_key": "s",
+        "password": "p",
+        "token": "t",
+        "access_key": "a",
+        "Authorization": "Token t",
+        "sn": "HW51",
+        "reason": "",
+    }
+    assert redact(None, "info", event) == {
+        "event": "x",
+        "secret_key": REDACTED,
+        "password": REDACTED,
+        "token": REDACTED,
+        "access_key": REDACTED,
+        "Authorization": REDACTED,
+        "sn": "HW51",
+        "reason": "",
+    }
