@@ -145,3 +145,24 @@ def test_secrets_are_redacted_from_log_events() -> None:
         "sn": "HW51",
         "reason": "",
     }
+
+
+def test_cloud_down_at_start_the_daemon_keeps_trying_and_connects_later(
+    broker: MosquittoServer, influx_server: InfluxServer, influx_db: str, tmp_path: Path
+) -> None:
+    with LocalCloud("powerstream=1", mosquitto=broker, publish_rate=None) as cloud:
+        settings = make_settings(cloud, influx_server, influx_db, tmp_path)
+        client = EcoflowClient.from_settings(settings.ecoflow, budget=RequestBudget(cooldown_s=1.0))
+        sink = InfluxWriter.from_settings(settings)
+        collector = Collector(settings, default_catalog(), client, sink, client_id="down-at-start")
+        cloud.cloud.faults.fail_next(10_000, status=503)
+        try:
+            with capture_logs() as logs:
+                collector.start()  # returns: nothing at start may stop the daemon
+                assert not collector.mqtt.connected
+                assert "mqtt.credentials_failed" in [e["event"] for e in logs]
+                cloud.cloud.faults.clear()
+                wait_for(lambda: collector.mqtt.connected, timeout=30, what="MQTT once the cloud is back")
+        finally:
+            collector.stop(timeout=5)
+            client.close()

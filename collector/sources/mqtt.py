@@ -106,11 +106,24 @@ class MqttSource:
         return self._credentials.username if self._credentials else None
 
     def start(self) -> None:
-        """Fetch credentials and start connecting (in the background; failures are retried)."""
-        self._credentials = self._credentials_provider()
-        self._client = self._build(self._credentials)
-        self._client.connect_async(self._credentials.host, self._credentials.port, self._keepalive)
-        self._client.loop_start()
+        """Fetch credentials and start connecting in the background. When the credentials cannot
+        be had (the certification endpoint is down), keep asking with a backoff: never give up."""
+        try:
+            credentials = self._credentials_provider()
+        except Exception as exc:  # the provider's HTTP errors
+            log.error("mqtt.credentials_failed", error=str(exc))
+            self._refresh_credentials_later()
+            return
+        self._use(credentials)
+
+    def _use(self, credentials: MqttCredentials) -> None:
+        self._credentials = credentials
+        if self._client is None:
+            self._client = self._build(credentials)
+            self._client.connect_async(credentials.host, credentials.port, self._keepalive)
+            self._client.loop_start()
+        else:  # paho's loop uses them at its next reconnect
+            self._client.username_pw_set(credentials.username, credentials.password)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -230,14 +243,15 @@ class MqttSource:
                 if self._stopping.wait(delay):
                     return
                 fresh = self._credentials_provider()
-                self._credentials = fresh
-                if self._client is not None:
-                    self._client.username_pw_set(fresh.username, fresh.password)
                 log.info("mqtt.credentials_refreshed", username=fresh.username)
-            except Exception as exc:  # the provider's HTTP errors: try again at the next refusal
-                log.error("mqtt.credentials_refresh_failed", error=str(exc))
+                with self._lock:
+                    self._use(fresh)
+            except Exception as exc:  # the provider's HTTP errors
+                log.error("mqtt.credentials_refresh_failed", error=str(exc), retry_in_s=self._auth_backoff_s)
             finally:
                 self._refreshing.clear()
+            if self._client is None:  # no session yet, so no refusal will ask again: ask now
+                self._refresh_credentials_later()
 
         threading.Thread(target=refresh, name="mqtt-credentials", daemon=True).start()
 
