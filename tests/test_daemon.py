@@ -70,16 +70,22 @@ def running(settings: Settings, clock_ms: Callable[[], int] | None = None) -> It
         client.close()
 
 
+def account_client(broker: MosquittoServer, user: str, password: str, name: str) -> mqtt.Client:
+    """An MQTT client logged in (TLS) as an EcoFlow account's certificateAccount user, not yet connected."""
+    client = mqtt.Client(
+        callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"{name}-{time.time_ns()}"
+    )
+    client.username_pw_set(user, password)
+    client.tls_set(ca_certs=str(broker.ca_file))
+    return client
+
+
 class Capture:
     """Subscribes as the account's user and keeps every payload per topic, to compare with storage."""
 
     def __init__(self, broker: MosquittoServer, user: str, password: str) -> None:
         self.messages: dict[str, list[bytes]] = {}
-        self._client = mqtt.Client(
-            callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"cap-{time.time_ns()}"
-        )
-        self._client.username_pw_set(user, password)
-        self._client.tls_set(ca_certs=str(broker.ca_file))
+        self._client = account_client(broker, user, password, "capture")
         self._client.on_message = lambda _c, _u, m: self.messages.setdefault(m.topic, []).append(m.payload)
         subscribed = threading.Event()
         self._client.on_subscribe = lambda *_a: subscribed.set()
@@ -185,11 +191,9 @@ def test_hostile_payloads_are_counted_and_the_daemon_goes_on(
         b"\xff\xfe\x00garbage",
         orjson.dumps({"deep": {"a" * 300: 1}}),
     ]
-    sender = mqtt.Client(
-        callback_api_version=CallbackAPIVersion.VERSION2, client_id=f"hostile-{time.time_ns()}"
+    sender = account_client(
+        mosquitto_server, account.certificate_account, account.certificate_password, "hostile"
     )
-    sender.username_pw_set(account.certificate_account, account.certificate_password)
-    sender.tls_set(ca_certs=str(mosquitto_server.ca_file))
     sender.connect(mosquitto_server.host, mosquitto_server.tls_port)
     sender.loop_start()
     try:

@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +130,23 @@ def device_rows(influx: InfluxServer, device: Any) -> list[dict[str, Any]]:
         return []
 
 
+@contextmanager
+def seeded_then_influx_killed(
+    cloud: LocalCloud, influx: InfluxServer, tmp_path: Path, batch_size: int = 20
+) -> Iterator[tuple[CollectorProcess, int, Path]]:
+    """A collector process that connected and seeded every device, with InfluxDB killed after."""
+    config, port = config_for(cloud, influx, tmp_path, batch_size=batch_size)
+    process = CollectorProcess(config, tmp_path / "collector.log")
+    process.start()
+    try:
+        wait_for(lambda: health(port)[1].get("mqtt_connected"), timeout=30, what="MQTT connected")
+        wait_for(lambda: all(device_rows(influx, d) for d in cloud.devices), what="start-up seed")
+        influx.kill()
+        yield process, port, config
+    finally:
+        process.stop()
+
+
 def published(cloud: LocalCloud, sn: str) -> int:
     return sum(1 for r in cloud.publisher.records if r.sn == sn and r.kind == "quota")
 
@@ -180,84 +198,72 @@ def test_run_serves_healthz_and_stops_cleanly_on_sigterm(
 def test_influxdb_outage_loses_no_point_and_duplicates_none(
     broker: MosquittoServer, fault_influx: InfluxServer, tmp_path: Path
 ) -> None:
-    with LocalCloud("powerstream=1,delta_pro=1", mosquitto=broker, publish_rate=None) as cloud:
-        config, port = config_for(cloud, fault_influx, tmp_path)
-        process = CollectorProcess(config, tmp_path / "collector.log")
-        process.start()
-        try:
-            wait_for(lambda: health(port)[1].get("mqtt_connected"), timeout=30, what="MQTT connected")
-            wait_for(lambda: all(device_rows(fault_influx, d) for d in cloud.devices), what="start-up seed")
-            fault_influx.kill()
-            for _ in range(40):
-                for device in cloud.devices:
-                    cloud.publisher.publish_report(device)
-                time.sleep(0.02)
-            assert cloud.publisher.wait_acked(10)
-            wait_for(lambda: (health(port)[1].get("spool_points") or 0) >= 80, what="points in the spool")
-            fault_influx.restart()
-            for device in cloud.devices:  # seed + every published report, each exactly once
-                wait_for(
-                    lambda d=device: len(device_rows(fault_influx, d)) == 1 + published(cloud, d.sn),
-                    timeout=60,
-                    what=f"all points of {device.sn}",
-                )
-            wait_for(lambda: health(port)[1].get("spool_points") == 0, what="spool drained")
-            time.sleep(1)
+    with (
+        LocalCloud("powerstream=1,delta_pro=1", mosquitto=broker, publish_rate=None) as cloud,
+        seeded_then_influx_killed(cloud, fault_influx, tmp_path) as (_, port, _config),
+    ):
+        for _ in range(40):
             for device in cloud.devices:
-                assert len(device_rows(fault_influx, device)) == 1 + published(cloud, device.sn)
-        finally:
-            process.stop()
+                cloud.publisher.publish_report(device)
+            time.sleep(0.02)
+        assert cloud.publisher.wait_acked(10)
+        wait_for(lambda: (health(port)[1].get("spool_points") or 0) >= 80, what="points in the spool")
+        fault_influx.restart()
+        for device in cloud.devices:  # seed + every published report, each exactly once
+            wait_for(
+                lambda d=device: len(device_rows(fault_influx, d)) == 1 + published(cloud, d.sn),
+                timeout=60,
+                what=f"all points of {device.sn}",
+            )
+        wait_for(lambda: health(port)[1].get("spool_points") == 0, what="spool drained")
+        time.sleep(1)
+        for device in cloud.devices:
+            assert len(device_rows(fault_influx, device)) == 1 + published(cloud, device.sn)
 
 
 def test_kill_9_during_spool_replay_loses_nothing(
     broker: MosquittoServer, fault_influx: InfluxServer, tmp_path: Path
 ) -> None:
-    with LocalCloud("powerstream=2,delta_pro=2", mosquitto=broker, publish_rate=None) as cloud:
-        # one point per write request: the replay takes long enough to be interrupted in the middle
-        config, port = config_for(cloud, fault_influx, tmp_path, batch_size=1)
-        process = CollectorProcess(config, tmp_path / "collector.log")
-        process.start()
-        try:
-            wait_for(lambda: health(port)[1].get("mqtt_connected"), timeout=30, what="MQTT connected")
-            wait_for(lambda: all(device_rows(fault_influx, d) for d in cloud.devices), what="start-up seed")
-            fault_influx.kill()
-            for _ in range(150):
-                for device in cloud.devices:
-                    cloud.publisher.publish_report(device)
-            assert cloud.publisher.wait_acked(20)
-            expected = {d.sn: 1 + published(cloud, d.sn) for d in cloud.devices}
-            total = sum(expected.values())
-            wait_for(
-                lambda: (health(port)[1].get("spool_points") or 0) >= total - len(expected),
-                timeout=30,
-                what="every report spooled",
-            )
-            fault_influx.restart()
-
-            def landed() -> int:
-                return sum(len(device_rows(fault_influx, d)) for d in cloud.devices)
-
-            wait_for(lambda: landed() > len(expected) + 20, timeout=30, what="the replay under way")
-            process.process.send_signal(signal.SIGKILL)  # type: ignore[union-attr]
-            process.wait(10)
-            assert landed() < total, "the replay finished before the kill: the test proves nothing"
-            restarted = CollectorProcess(config, tmp_path / "collector2.log")
-            restarted.start()
-            try:
-                for device in cloud.devices:
-                    wait_for(
-                        lambda d=device: len(device_rows(fault_influx, d)) >= expected[d.sn],
-                        timeout=60,
-                        what=f"all points of {device.sn}",
-                    )
-                wait_for(lambda: health(port)[1].get("spool_points") == 0, what="spool drained")
-            finally:
-                restarted.stop()
+    # one point per write request: the replay takes long enough to be interrupted in the middle
+    with (
+        LocalCloud("powerstream=2,delta_pro=2", mosquitto=broker, publish_rate=None) as cloud,
+        seeded_then_influx_killed(cloud, fault_influx, tmp_path, batch_size=1) as (process, port, config),
+    ):
+        for _ in range(150):
             for device in cloud.devices:
-                # the restart seeds each device once more over HTTP: exactly one extra point
-                assert len(device_rows(fault_influx, device)) == expected[device.sn] + 1
+                cloud.publisher.publish_report(device)
+        assert cloud.publisher.wait_acked(20)
+        expected = {d.sn: 1 + published(cloud, d.sn) for d in cloud.devices}
+        total = sum(expected.values())
+        wait_for(
+            lambda: (health(port)[1].get("spool_points") or 0) >= total - len(expected),
+            timeout=30,
+            what="every report spooled",
+        )
+        fault_influx.restart()
+
+        def landed() -> int:
+            return sum(len(device_rows(fault_influx, d)) for d in cloud.devices)
+
+        wait_for(lambda: landed() > len(expected) + 20, timeout=30, what="the replay under way")
+        process.signal(signal.SIGKILL)
+        process.wait(10)
+        assert landed() < total, "the replay finished before the kill: the test proves nothing"
+        restarted = CollectorProcess(config, tmp_path / "collector2.log")
+        restarted.start()
+        try:
+            for device in cloud.devices:
+                wait_for(
+                    lambda d=device: len(device_rows(fault_influx, d)) >= expected[d.sn],
+                    timeout=60,
+                    what=f"all points of {device.sn}",
+                )
+            wait_for(lambda: health(port)[1].get("spool_points") == 0, what="spool drained")
         finally:
-            process.stop()
+            restarted.stop()
+        for device in cloud.devices:
+            # the restart seeds each device once more over HTTP: exactly one extra point
+            assert len(device_rows(fault_influx, device)) == expected[device.sn] + 1
 
 
 def test_check_reports_each_dependency(
