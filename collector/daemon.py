@@ -115,8 +115,9 @@ class Collector:
                 state = self.registry.add(device)
                 if new:
                     added.append(state)
-                    log.info("device.added", sn=device.sn, name=device.name, product=device.slug)
+                    log.debug("device.added", sn=device.sn, name=device.name, product=device.slug)
         if added:
+            log.info("devices.added", count=len(added), devices=len(self.registry))
             self.mqtt.add_devices(s.device.sn for s in added)
         return added
 
@@ -145,9 +146,9 @@ class Collector:
                 new.append(device)
             else:
                 self._set_listed_offline(state, not info.online)
+        listed_online = {info.sn: info.online for info in listed}
         for state in self.add_devices(new):
-            online = next(i.online for i in listed if i.sn == state.device.sn)
-            self._set_listed_offline(state, not online)
+            self._set_listed_offline(state, not listed_online[state.device.sn])
             self._submit_poll(state, "discovered")
 
     def _set_listed_offline(self, state: DeviceState, offline: bool) -> None:
@@ -315,12 +316,8 @@ class Collector:
             }
         )
         fields.update({k: float(v) for k, v in sink.items() if isinstance(v, int | float)})
-        tags = (("instance", self.mqtt_client_id),)
+        tags = (("instance", self.mqtt.client_id),)
         return Point(COLLECTOR_MEASUREMENT, tags, fields, self.clock_ms())
-
-    @property
-    def mqtt_client_id(self) -> str:
-        return self.mqtt._client_id
 
     def write_telemetry(self) -> None:
         self.sink.submit([self.telemetry_point()])
@@ -365,7 +362,7 @@ class Collector:
             scheduler.add_job(job, "interval", seconds=seconds, id=job.__name__)
         scheduler.start()
         self._scheduler = scheduler
-        log.info("collector.started", devices=len(self.registry), client_id=self.mqtt_client_id)
+        log.info("collector.started", devices=len(self.registry), client_id=self.mqtt.client_id)
 
     def stop(self, timeout: float = 8.0) -> None:
         deadline = time.monotonic() + timeout

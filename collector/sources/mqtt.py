@@ -80,7 +80,7 @@ class MqttSource:
         reconnect_max_s: float = 300.0,
         on_connected: Callable[[], None] | None = None,
     ) -> None:
-        self._client_id = client_id
+        self.client_id = client_id
         self._credentials_provider = credentials
         self._handler = on_message
         self._clock_ms = clock_ms
@@ -164,7 +164,7 @@ class MqttSource:
     def _build(self, credentials: MqttCredentials) -> mqtt.Client:
         client = mqtt.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
-            client_id=self._client_id,
+            client_id=self.client_id,
             protocol=mqtt.MQTTv311,
             clean_session=True,
         )
@@ -201,7 +201,7 @@ class MqttSource:
         self.connects += 1
         self._auth_backoff_s = 5.0
         self._connected_at_ms = self._clock_ms()
-        log.info("mqtt.connected", host=self._host(), client_id=self._client_id)
+        log.info("mqtt.connected", host=self._host(), client_id=self.client_id)
         with self._lock:
             serials = sorted(self._serials)
         if self.account:
