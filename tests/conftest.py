@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import pytest
+import structlog
 
 from collector.testbed import InfluxServer, MosquittoServer, ServerNotInstalledError, TestbedError
 
@@ -63,3 +64,11 @@ def mosquitto_server() -> Iterator[MosquittoServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> Iterator[None]:
+    """Commands under test configure structlog (level, renderer) for the whole process: undo that
+    after each test, so the next one sees every event (capture_logs filters nothing by level)."""
+    yield
+    structlog.reset_defaults()
