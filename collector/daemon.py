@@ -1,35 +1,43 @@
 """The daemon: wires sources (MQTT, HTTP) -> pipeline -> sink, and keeps per-device state.
 
-Time-driven work (fallback polls, device list refresh, status and self-telemetry points, the MQTT
-watchdog) runs on an APScheduler background scheduler; every job is also a plain method taking the
-current time from the injected clock, so tests drive them directly.
+Threads: paho's network thread calls `handle_message`; `QuotaPoller` workers call `poll_device`;
+APScheduler runs the time-driven jobs (fallback check, periodic polls, device list, status and
+self-telemetry points, the MQTT watchdog); the sink has its own writer thread. Device state and
+counters change under one lock. Every job is a plain method taking the time from the injected
+clock, so tests drive them directly.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from collector.api.client import EcoflowClient
-from collector.api.errors import ApiError, DeviceReadDenied
+from collector.api.errors import ApiError, DeviceReadDenied, RetryBudgetExhausted
 from collector.catalog import Catalog
 from collector.config import Settings
 from collector.decoding import PayloadError, TopicKind, decode_object
 from collector.pipeline import Pipeline
 from collector.points import COLLECTOR_MEASUREMENT, Device, Point, status_point
 from collector.sink import Sink
+from collector.sources.http import QuotaPoller
 from collector.sources.mqtt import MqttCredentials, MqttSource
 from collector.state import DeviceState, Online, Registry
 
 log = structlog.get_logger("collector.daemon")
+
+# a serial that can be a topic level (no MQTT wildcards or separators) and a tag value
+_SAFE_SERIAL = re.compile(r"^[A-Za-z0-9_*-]{4,40}$")
+_LIST_RETRY_S = (10, 30, 60, 120, 300)  # device list retries while it has never been read
 
 
 def wall_clock_ms() -> int:
@@ -44,16 +52,19 @@ class RejectLog:
         self._last: dict[tuple[str, str], int] = {}
         self._clock_ms = clock_ms
         self._window = window_ms
+        self._lock = threading.Lock()
 
     def reject(self, sn: str, kind: str, reason: str, detail: str, size: int) -> None:
-        self.counts[reason] += 1
         now = self._clock_ms()
-        key = (sn, reason)
-        if now - self._last.get(key, -self._window) >= self._window:
-            if len(self._last) > 10_000:
-                self._last.clear()
+        with self._lock:
+            self.counts[reason] += 1
+            key = (sn, reason)
+            if now - self._last.get(key, -self._window) < self._window:
+                return
+            if len(self._last) > 10_000:  # forget what the window has passed anyway
+                self._last = {k: t for k, t in self._last.items() if now - t < self._window}
             self._last[key] = now
-            log.warning("payload.rejected", sn=sn, topic=kind, reason=reason, detail=detail, bytes=size)
+        log.warning("payload.rejected", sn=sn, topic=kind, reason=reason, detail=detail[:300], bytes=size)
 
 
 class Collector:
@@ -78,14 +89,16 @@ class Collector:
         self.polls: Counter[str] = Counter()  # reason -> quota/all calls
         self.http_errors: Counter[str] = Counter()
         self.last_delivery_ms = 0  # last time any source delivered data
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._shard = shard
-        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="poll")
         self._scheduler: BackgroundScheduler | None = None
+        self._list_read = False  # the device list was read at least once
+        self._list_failures = 0
         c = settings.collector
         self._stale_ms = int(c.stale_after_s * 1000)
         self._offline_ms = int(c.offline_after_s * 1000)
-        self._status_ms = int(c.status_interval_s * 1000)
+        self._watchdog_ms = int(settings.mqtt.watchdog_s * 1000)
+        self.poller = QuotaPoller(self.poll_device)
         self.mqtt = MqttSource(
             client_id=client_id,
             credentials=self.mqtt_credentials,
@@ -106,6 +119,7 @@ class Collector:
         return shard_of(sn, count) == index
 
     def add_devices(self, devices: Iterable[Device]) -> list[DeviceState]:
+        """Register devices (or take their new name/product); returns the new ones, subscribed."""
         added = []
         with self._lock:
             for device in devices:
@@ -124,36 +138,59 @@ class Collector:
     def configured_devices(self) -> list[Device]:
         return [Device.resolve(self.catalog, d.sn, d.name, d.product) for d in self.settings.devices]
 
-    def refresh_device_list(self) -> None:
-        """Discover devices (when none are configured) and take the list's offline flags."""
+    def refresh_device_list(self, poll_new: bool = True) -> None:
+        """Discover devices (when none are configured), take names and products the config does
+        not give, and the list's online flags."""
         try:
             listed = self.client.device_list()
         except ApiError as exc:
-            self.http_errors[type(exc).__name__] += 1
+            with self._lock:
+                self.http_errors[type(exc).__name__] += 1
+                self._list_failures += 1
             log.warning("device_list.failed", error=str(exc))
+            self._retry_device_list()
             return
+        self._list_read = True
+        self._list_failures = 0
         configured = {d.sn: d for d in self.settings.devices}
-        new: list[Device] = []
+        devices: list[Device] = []
         for info in listed:
             entry = configured.get(info.sn)
             if configured and entry is None:
                 continue  # an explicit device list in the config is the whole list
+            if not _SAFE_SERIAL.match(info.sn):
+                log.warning("device_list.unusable_serial", sn=info.sn[:60])
+                continue
             name = (entry.name if entry else None) or info.deviceName
             product = (entry.product if entry else None) or info.productName
-            device = Device.resolve(self.catalog, info.sn, name, product)
+            devices.append(Device.resolve(self.catalog, info.sn, name, product))
+        new = {state.device.sn for state in self.add_devices(devices)}
+        for info in listed:
             state = self.registry.get(info.sn)
-            if state is None:
-                new.append(device)
-            else:
-                self._set_listed_offline(state, not info.online)
-        listed_online = {info.sn: info.online for info in listed}
-        for state in self.add_devices(new):
-            self._set_listed_offline(state, not listed_online[state.device.sn])
-            self._submit_poll(state, "discovered")
+            if state is not None:
+                self._take_listed(state, bool(info.online))
+                if poll_new and info.sn in new:
+                    self._request_poll(state, "discovered")
 
-    def _set_listed_offline(self, state: DeviceState, offline: bool) -> None:
-        state.listed_offline = offline
-        if offline and state.set_online(Online.OFFLINE):
+    def _retry_device_list(self) -> None:
+        """While the list has never been read and no devices are configured, there is nothing to
+        collect: try again soon (with a backoff) rather than at the next slow refresh."""
+        if self._list_read or self.settings.devices or self._scheduler is None:
+            return
+        delay = _LIST_RETRY_S[min(self._list_failures, len(_LIST_RETRY_S)) - 1]
+        self._scheduler.add_job(
+            self.refresh_device_list,
+            "date",
+            run_date=_after(delay),
+            id="device_list_retry",
+            replace_existing=True,
+        )
+
+    def _take_listed(self, state: DeviceState, online: bool) -> None:
+        with self._lock:
+            state.listed = online
+            changed = not online and state.set_online(Online.OFFLINE)
+        if changed:
             self._write_status(state)
 
     # --- MQTT ----------------------------------------------------------------------------------
@@ -184,52 +221,68 @@ class Collector:
         if state is None:
             self.rejects.reject(sn, kind.value, "unknown_device", "no such device subscribed", len(payload))
             return
-        if len(payload) > self.settings.collector.max_payload_bytes:
-            limit = self.settings.collector.max_payload_bytes
+        limit = self.settings.collector.max_payload_bytes
+        if len(payload) > limit:
             self.rejects.reject(sn, kind.value, "too_large", f"over {limit} bytes", len(payload))
             return
         try:
             with self._lock:
                 stamp = state.stamp(now) if kind is TopicKind.QUOTA else now
                 decoded, points = self.pipeline.process(state.device, payload, kind, stamp, state.memory)
-                if decoded.kind is TopicKind.QUOTA and decoded.values:
-                    state.last_mqtt_ms = now
-                    changed = state.set_online(Online.ONLINE)
-                elif decoded.kind is TopicKind.STATUS:
-                    changed = state.set_online(Online.ONLINE if decoded.online else Online.OFFLINE)
-                    points = []  # written below by _write_status, with the three-state field
-                else:
-                    changed = False
+                changed = self._take_mqtt(state, decoded.kind, decoded.online, bool(decoded.values), now)
+                if decoded.kind is TopicKind.STATUS:
+                    points = []  # _write_status writes it, with the three-state field
+            if kind is TopicKind.SET_REPLY:
+                log.info("mqtt.set_reply", sn=sn, values=decoded.values)
+            if points:
+                self.last_delivery_ms = now
+                self.sink.submit(points)
+            if changed:
+                self._write_status(state)
         except PayloadError as exc:
             self.rejects.reject(sn, kind.value, "malformed", str(exc), len(payload))
-            return
         except Exception as exc:  # a bug must not stop the MQTT thread: count, log, go on
             self.rejects.reject(sn, kind.value, "internal_error", repr(exc), len(payload))
             log.exception("payload.internal_error", sn=sn, topic=kind.value)
-            return
-        if kind is TopicKind.SET_REPLY:
-            log.info("mqtt.set_reply", sn=sn, values=decoded.values)
-        if points:
-            self.last_delivery_ms = now
-            self.sink.submit(points)
-        if changed:
-            self._write_status(state)
+
+    @staticmethod
+    def _take_mqtt(
+        state: DeviceState, kind: TopicKind, online: int | None, has_values: bool, now: int
+    ) -> bool:
+        """What an MQTT message says about the device's state; True when `online` changed."""
+        if kind is TopicKind.QUOTA and has_values:
+            state.last_mqtt_ms = state.last_seen_ms = now
+        elif kind is TopicKind.STATUS:
+            if online:
+                state.last_seen_ms = now
+            else:
+                return state.set_online(Online.OFFLINE)
+        else:
+            return False
+        if state.listed is False:
+            state.listed = None  # the device speaks: the list's "offline" is out of date
+        return state.set_online(Online.ONLINE)
 
     def _after_connect(self) -> None:
         # every reconnect: seed all devices over HTTP, so what MQTT missed meanwhile is filled in
-        # (the first connect follows the start-up seed, which did that already)
+        # (the first connect follows the start-up seed, which does that already)
         if self.mqtt.connects > 1:
-            self._pool.submit(self.seed_all, "connected")
+            self.seed_all("connected")
 
     # --- HTTP polls ----------------------------------------------------------------------------
+
+    def poll_device(self, sn: str, reason: str) -> None:
+        state = self.registry.get(sn)
+        if state is not None:
+            self.poll(state, reason)
 
     def poll(self, state: DeviceState, reason: str) -> bool:
         """quota/all for one device; its values go through the same pipeline as MQTT's."""
         if state.read_denied:
             return False
-        now = self.clock_ms()
-        state.last_poll_ms = now
-        self.polls[reason] += 1
+        with self._lock:
+            state.last_poll_ms = self.clock_ms()
+            self.polls[reason] += 1
         try:
             data = self.client.quota_all(state.device.sn)
         except DeviceReadDenied as exc:
@@ -237,9 +290,17 @@ class Collector:
             log.warning("poll.read_denied", sn=state.device.sn, error=str(exc))
             return False
         except ApiError as exc:
-            self.http_errors[type(exc).__name__] += 1
-            log.warning("poll.failed", sn=state.device.sn, reason=reason, error=str(exc))
+            with self._lock:
+                self.http_errors[type(exc).__name__] += 1
+            # an open circuit fails every device in turn: the client has said so once already
+            quiet = isinstance(exc, RetryBudgetExhausted)
+            (log.debug if quiet else log.warning)(
+                "poll.failed", sn=state.device.sn, reason=reason, error=str(exc)
+            )
             return False
+        if not data:
+            return True  # a success with no data (the cloud has nothing for this device)
+        now = self.clock_ms()  # the data's time is when it arrived
         try:
             with self._lock:
                 points = self.pipeline.points(
@@ -253,103 +314,134 @@ class Collector:
             self.sink.submit(points)
         return True
 
-    def _submit_poll(self, state: DeviceState, reason: str) -> None:
-        self._pool.submit(self.poll, state, reason)
+    def _request_poll(self, state: DeviceState, reason: str) -> bool:
+        return self.poller.request(state.device.sn, reason)
 
     def _pollable(self) -> list[DeviceState]:
-        return [s for s in list(self.registry.devices.values()) if not s.read_denied and not s.listed_offline]
+        return [s for s in self.registry.states() if not s.read_denied and s.listed is not False]
 
-    def seed_all(self, reason: str) -> None:
-        for state in self._pollable():
-            self.poll(state, reason)
+    def seed_all(self, reason: str) -> int:
+        """Queue a poll of every pollable device (those already waiting for one are skipped)."""
+        return sum(self._request_poll(state, reason) for state in self._pollable())
 
     def check_fallback(self) -> int:
-        """Poll devices whose MQTT data is stale while they are online, or all when MQTT is down."""
+        """Update online states; poll devices whose MQTT data is stale while they should be
+        online, or every device while MQTT is down. Returns the number of polls queued."""
         now = self.clock_ms()
-        due = []
-        for state in self._pollable():
-            if state.update_online(now, self._offline_ms):
+        for state in self.registry.states():
+            with self._lock:
+                changed = state.update_online(now, self._offline_ms)
+            if changed:
                 self._write_status(state)
+        due = 0
+        for state in self._pollable():
             if now - state.last_poll_ms < self._stale_ms:
                 continue
             mqtt_stale = now - state.last_mqtt_ms > self._stale_ms
-            if not self.mqtt.connected or (state.online is Online.ONLINE and mqtt_stale):
-                due.append(state)
-        for state in due:
-            self._submit_poll(state, "fallback")
-        return len(due)
+            if (not self.mqtt.connected or (state.expected_online() and mqtt_stale)) and self._request_poll(
+                state, "fallback"
+            ):
+                due += 1
+        return due
 
-    def poll_all_periodic(self) -> None:
-        for state in self._pollable():
-            self._submit_poll(state, "periodic")
+    def poll_all_periodic(self) -> int:
+        return self.seed_all("periodic")
 
     # --- status and self-telemetry ------------------------------------------------------------
 
     def _write_status(self, state: DeviceState) -> None:
-        now = self.clock_ms()
-        state.last_status_write_ms = now
-        point = status_point(state.device, state.online is Online.ONLINE, now)
-        point.fields["state"] = float(state.online)
-        self.sink.submit([point])
+        self.sink.submit([status_point(state.device, int(state.online), self.clock_ms())])
 
     def write_all_status(self) -> None:
-        for state in list(self.registry.devices.values()):
+        for state in self.registry.states():
             self._write_status(state)
 
     def telemetry_point(self) -> Point:
         sink = self.sink.stats()
-        fields: dict[str, float] = {
-            f"messages_{kind}": float(count) for kind, count in self.mqtt.messages.items()
-        }
-        fields.update({f"rejected_{reason}": float(n) for reason, n in self.rejects.counts.items()})
-        fields.update({f"polls_{reason}": float(n) for reason, n in self.polls.items()})
+        reporter = self.pipeline.reporter
+        with self._lock:
+            fields: dict[str, float] = {
+                f"messages_{kind}": float(n) for kind, n in self.mqtt.messages.items()
+            }
+            fields.update({f"rejected_{reason}": float(n) for reason, n in self.rejects.counts.items()})
+            fields.update({f"polls_{reason}": float(n) for reason, n in self.polls.items()})
+            fields.update(
+                {
+                    "messages_rejected": float(sum(self.rejects.counts.values())),
+                    "http_errors": float(sum(self.http_errors.values())),
+                    "fallback_polls": float(self.polls["fallback"]),
+                }
+            )
         fields.update(
             {
-                "messages_rejected": float(sum(self.rejects.counts.values())),
                 "mqtt_connected": 1.0 if self.mqtt.connected else 0.0,
                 "mqtt_connects": float(self.mqtt.connects),
-                "http_errors": float(sum(self.http_errors.values())),
-                "fallback_polls": float(self.polls["fallback"]),
+                "mqtt_auth_failures": float(self.mqtt.auth_failures),
+                "polls_pending": float(self.poller.pending()),
                 "devices": float(len(self.registry)),
                 "devices_online": float(self.registry.online_count()),
-                "unknown_keys": float(self.pipeline.reporter.unknown_keys),
+                "unknown_keys": float(reporter.unknown_keys),
+                "non_numeric_values": float(reporter.non_numeric_values),
+                "sentinels_skipped": float(reporter.sentinels_skipped),
             }
         )
-        fields.update({k: float(v) for k, v in sink.items() if isinstance(v, int | float)})
-        tags = (("instance", self.mqtt.client_id),)
-        return Point(COLLECTOR_MEASUREMENT, tags, fields, self.clock_ms())
+        for key, value in sink.items():
+            if isinstance(value, dict):  # e.g. write_errors by class: one field each, and the total
+                fields.update({f"{key}_{k}": float(v) for k, v in value.items()})
+                fields[key] = float(sum(value.values()))
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                fields[key] = float(value)
+        return Point(COLLECTOR_MEASUREMENT, (("instance", self.mqtt.client_id),), fields, self.clock_ms())
 
     def write_telemetry(self) -> None:
         self.sink.submit([self.telemetry_point()])
 
+    def mqtt_delivering(self, now: int) -> bool:
+        """Connected, and not silent for a watchdog period while devices should be talking."""
+        if not self.mqtt.connected:
+            return False
+        quiet_since = max(self.mqtt.last_message_ms, self.mqtt.connected_at_ms)
+        return now - quiet_since <= self._watchdog_ms or self.registry.expected_online_count() == 0
+
     def health(self) -> tuple[bool, dict[str, Any]]:
         now = self.clock_ms()
-        window = max(self._stale_ms * 2, 60_000)
-        delivering = self.mqtt.connected or now - self.last_delivery_ms < window
+        mqtt_ok = self.mqtt_delivering(now)
+        fallback_ok = now - self.last_delivery_ms < max(self._stale_ms * 2, 60_000)
         stuck = self.sink.stuck()
         sink = self.sink.stats()
-        return delivering and not stuck, {
-            "points_written": sink.get("points_written"),
-            "spool_points": sink.get("spool_points"),
+        return (mqtt_ok or fallback_ok) and not stuck, {
             "mqtt_connected": self.mqtt.connected,
+            "mqtt_delivering": mqtt_ok,
             "last_delivery_age_s": (now - self.last_delivery_ms) / 1000 if self.last_delivery_ms else None,
             "writer_stuck": stuck,
+            "points_written": sink.get("points_written"),
+            "spool_points": sink.get("spool_points"),
             "devices": len(self.registry),
             "devices_online": self.registry.online_count(),
         }
 
-    def check_watchdog(self) -> None:
-        self.mqtt.check_watchdog(int(self.settings.mqtt.watchdog_s * 1000), self.registry.online_count())
+    def check_watchdog(self) -> bool:
+        """Rebuild the MQTT session when it is connected but silent although devices should talk."""
+        now = self.clock_ms()
+        if not self.mqtt.connected or self.mqtt_delivering(now):
+            return False
+        quiet_s = (now - max(self.mqtt.last_message_ms, self.mqtt.connected_at_ms)) // 1000
+        expected = self.registry.expected_online_count()
+        self.mqtt.rebuild(f"no message for {quiet_s} s while {expected} devices should be online")
+        return True
 
     # --- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        self.add_devices(self.configured_devices())
-        self.refresh_device_list()
-        self.seed_all("startup")
-        self.mqtt.start()
+        """Returns at once; nothing that fails here (cloud, broker, InfluxDB down) stops the daemon."""
         c = self.settings.collector
         scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
+        self._scheduler = scheduler
+        self.add_devices(self.configured_devices())
+        self.refresh_device_list(poll_new=False)
+        self.poller.start()
+        self.seed_all("startup")
+        self.mqtt.start()
         jobs: list[tuple[Callable[[], Any], float]] = [
             (self.check_fallback, min(max(c.stale_after_s / 4, 1.0), 30.0)),
             (self.poll_all_periodic, c.quota_all_interval_s),
@@ -361,18 +453,22 @@ class Collector:
         for job, seconds in jobs:
             scheduler.add_job(job, "interval", seconds=seconds, id=job.__name__)
         scheduler.start()
-        self._scheduler = scheduler
         log.info("collector.started", devices=len(self.registry), client_id=self.mqtt.client_id)
 
     def stop(self, timeout: float = 8.0) -> None:
+        """Stop taking data and write (or spool) what was accepted, within `timeout` seconds."""
         deadline = time.monotonic() + timeout
-        if self._scheduler is not None:
+        if self._scheduler is not None and self._scheduler.running:
             self._scheduler.shutdown(wait=False)
-        self.mqtt.stop()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self.poller.stop()
+        self.mqtt.stop(timeout=min(2.0, timeout / 4))
         self.write_telemetry()
         self.sink.close(max(deadline - time.monotonic(), 0.5))
         log.info("collector.stopped")
+
+
+def _after(seconds: float) -> datetime:
+    return datetime.now(UTC) + timedelta(seconds=seconds)
 
 
 def shard_of(sn: str, count: int) -> int:

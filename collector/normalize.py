@@ -6,6 +6,7 @@ per key, never dropped silently. Sentinels ("not set") are not written.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Protocol
 
@@ -78,11 +79,12 @@ def normalize_values(
         spec = product.lookup(key) if product is not None else None
         if spec is None:
             report.unknown(name, key, raw)
-            out[key] = float(raw)
+            if key != "time":  # InfluxDB refuses a field named `time` (and with it the whole line)
+                out[key] = float(raw)
         elif raw in spec.sentinels:
             report.sentinels_skipped += 1
-        else:
-            out[key] = raw * spec.mul / spec.div
+        elif math.isfinite(value := raw * spec.mul / spec.div):  # x60 or x1000 may overflow
+            out[key] = value
     return out
 
 
@@ -103,5 +105,6 @@ def summarize(product: Product | None, values: Lookup) -> dict[str, float]:
                 break
             total += sign * value
         else:
-            out[name] = total
+            if math.isfinite(total):
+                out[name] = total
     return out

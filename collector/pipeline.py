@@ -6,7 +6,7 @@ from typing import Protocol
 
 from collector.decoding import Decoded, TopicKind, decode_bytes
 from collector.normalize import KeyReporter, Lookup, normalize_values, summarize
-from collector.points import Device, Point, device_point, status_point, summary_point
+from collector.points import OFFLINE, ONLINE, Device, Point, device_point, status_point, summary_point
 
 
 class FieldMemory(Protocol):
@@ -28,7 +28,7 @@ class Pipeline:
     ) -> list[Point]:
         """The points one decoded payload produces for a device (empty when nothing is storable)."""
         if decoded.kind is TopicKind.STATUS:
-            return [status_point(device, decoded.online == 1, time_ms)]
+            return [status_point(device, ONLINE if decoded.online == 1 else OFFLINE, time_ms)]
         if decoded.kind is not TopicKind.QUOTA:
             return []
         fields = normalize_values(device.product, decoded.values, self.reporter, device.slug)

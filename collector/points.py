@@ -21,19 +21,27 @@ SUMMARY_MEASUREMENT: Final = "ecoflow_summary"
 STATUS_MEASUREMENT: Final = "ecoflow_status"
 COLLECTOR_MEASUREMENT: Final = "ecoflow_collector"
 
-_MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ ", "\n": r"\n"})
-_KEY_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ ", "\n": r"\n"})
+_MEASUREMENT_ESCAPES = str.maketrans({",": r"\,", " ": r"\ "})
+_KEY_ESCAPES = str.maketrans({",": r"\,", "=": r"\=", " ": r"\ "})
+_CONTROLS = str.maketrans({"\n": " ", "\r": " ", "\t": " "})
+# Line protocol knows only `\,` `\=` `\ ` as escapes: a backslash before one of those characters or
+# at the end would swallow our escape or the separator after it, so such backslashes are dropped.
+_CLASHING_BACKSLASHES = re.compile(r"\\+(?=[,= ]|$)")
+
+
+def _escape(text: str, table: dict[int, str]) -> str:
+    if "," in text or "=" in text or " " in text or "\\" in text or not text.isprintable():
+        return _CLASHING_BACKSLASHES.sub("", text.translate(_CONTROLS)).translate(table)
+    return text
 
 
 def escape_key(text: str) -> str:
     """Escape a tag key, tag value or field key for line protocol."""
-    if "," in text or "=" in text or " " in text or "\n" in text or "\\" in text:
-        return text.replace("\\", "\\\\").translate(_KEY_ESCAPES)
-    return text
+    return _escape(text, _KEY_ESCAPES)
 
 
 # Keys made only of these characters need no escaping and no quoting in JSON: for them the field
-# set is serialised by orjson (C) and turned into line protocol by two replaces (see Point.to_line).
+# set is serialised by orjson (C) and turned into line protocol by one translate (see Point.to_line).
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_.\[\]@#+-]+")
 _plain_keys: set[str] = set()
 _JSON_TO_LINE = bytes.maketrans(b":", b"=")
@@ -59,8 +67,8 @@ class Point:
 
     def series(self) -> str:
         return ",".join(
-            [self.measurement.translate(_MEASUREMENT_ESCAPES)]
-            + [f"{escape_key(k)}={escape_key(v)}" for k, v in self.tags if v]
+            [_escape(self.measurement, _MEASUREMENT_ESCAPES)]
+            + [f"{escape_key(k)}={value}" for k, v in self.tags if (value := escape_key(v))]
         )
 
     def to_line(self, series: str | None = None) -> str:
@@ -114,8 +122,13 @@ def summary_point(device: Device, summary: dict[str, float], time_ms: int) -> Po
     return Point(SUMMARY_MEASUREMENT, device.summary_tags(), summary, time_ms, device.summary_series)
 
 
-def status_point(device: Device, online: bool, time_ms: int) -> Point:
-    return Point(STATUS_MEASUREMENT, device.tags(), {"online": 1.0 if online else 0.0}, time_ms)
+ONLINE, ASSUMED_OFFLINE, OFFLINE = 2, 1, 0  # `ecoflow_status.state` (see docs/schema.md)
+
+
+def status_point(device: Device, state: int, time_ms: int) -> Point:
+    """`online` 1/0 and the three-state `state`: 2 online, 1 assumed offline, 0 offline."""
+    fields = {"online": 1.0 if state == ONLINE else 0.0, "state": float(state)}
+    return Point(STATUS_MEASUREMENT, device.tags(), fields, time_ms)
 
 
 def to_lines(points: list[Point]) -> str:

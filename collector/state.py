@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import math
 from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from collector import points
 from collector.points import Device
 
 NO_VALUE = math.nan
@@ -20,17 +22,18 @@ NO_VALUE = math.nan
 class Online(IntEnum):
     """Three-state online tracking; the number is what `ecoflow_status.state` stores."""
 
-    OFFLINE = 0  # /status 0, or the device list says so
-    ASSUMED_OFFLINE = 1  # silent past the threshold (or never heard from)
-    ONLINE = 2  # recent MQTT data, or /status 1
+    OFFLINE = points.OFFLINE  # /status 0, or the device list says so
+    ASSUMED_OFFLINE = points.ASSUMED_OFFLINE  # silent past the threshold (or never heard from)
+    ONLINE = points.ONLINE  # recent MQTT data, or /status 1
 
 
 class KeyTable:
-    """Field key -> slot, shared by all devices of one product (bounded against invented keys)."""
+    """Field key -> slot, shared by all devices of one product (bounded against invented keys;
+    the keys the fleet summary needs are reserved first, so invented keys cannot crowd them out)."""
 
-    def __init__(self, limit: int = 4096) -> None:
-        self.slots: dict[str, int] = {}
-        self.limit = limit
+    def __init__(self, reserved: Iterable[str] = (), limit: int = 1024) -> None:
+        self.slots: dict[str, int] = {key: index for index, key in enumerate(dict.fromkeys(reserved))}
+        self.limit = max(limit, len(self.slots))
 
     def slot(self, key: str) -> int | None:
         index = self.slots.get(key)
@@ -92,10 +95,10 @@ class DeviceState:
     memory: FieldMemory
     online: Online = Online.ASSUMED_OFFLINE
     last_mqtt_ms: int = 0  # last quota report over MQTT
+    last_seen_ms: int = 0  # last sign of life over MQTT: a quota report or /status 1
     last_poll_ms: int = 0  # last quota/all over HTTP (successful or not)
-    last_status_write_ms: int = 0
     read_denied: bool = False  # the cloud answered 1006: never poll again
-    listed_offline: bool = False  # the device list says offline
+    listed: bool | None = None  # the device list's online flag (None: not known, or outdated)
     last_point_ms: int = 0
 
     def stamp(self, now_ms: int) -> int:
@@ -108,9 +111,13 @@ class DeviceState:
     def update_online(self, now_ms: int, offline_after_ms: int) -> bool:
         """Recompute the state from the clocks; True when it changed."""
         before = self.online
-        if self.online is Online.ONLINE and now_ms - self.last_mqtt_ms > offline_after_ms:
+        if self.online is Online.ONLINE and now_ms - self.last_seen_ms > offline_after_ms:
             self.online = Online.ASSUMED_OFFLINE
         return self.online is not before
+
+    def expected_online(self) -> bool:
+        """Online by MQTT's account, or by the device list's: data should be flowing."""
+        return self.online is Online.ONLINE or self.listed is True
 
     def set_online(self, online: Online) -> bool:
         changed = self.online is not online
@@ -126,13 +133,26 @@ class Registry:
     _tables: dict[str, KeyTable] = field(default_factory=dict)
 
     def add(self, device: Device) -> DeviceState:
+        """Register a device, or update its name and product (a new product starts a new memory)."""
         existing = self.devices.get(device.sn)
         if existing is not None:
+            if existing.device.slug != device.slug:
+                existing.memory = FieldMemory(self._table(device))
             existing.device = device
             return existing
-        table = self._tables.setdefault(device.slug, KeyTable())
-        state = self.devices[device.sn] = DeviceState(device, FieldMemory(table))
+        state = self.devices[device.sn] = DeviceState(device, FieldMemory(self._table(device)))
         return state
+
+    def _table(self, device: Device) -> KeyTable:
+        table = self._tables.get(device.slug)
+        if table is None:
+            summary_keys = (
+                [key for terms in device.product.summary.values() for key, _ in terms]
+                if device.product
+                else []
+            )
+            table = self._tables[device.slug] = KeyTable(summary_keys)
+        return table
 
     def get(self, sn: str) -> DeviceState | None:
         return self.devices.get(sn)
@@ -140,5 +160,12 @@ class Registry:
     def __len__(self) -> int:
         return len(self.devices)
 
+    def states(self) -> list[DeviceState]:
+        """A snapshot: other threads may add devices meanwhile."""
+        return list(self.devices.values())
+
     def online_count(self) -> int:
-        return sum(1 for s in self.devices.values() if s.online is Online.ONLINE)
+        return sum(1 for s in self.states() if s.online is Online.ONLINE)
+
+    def expected_online_count(self) -> int:
+        return sum(1 for s in self.states() if s.expected_online())

@@ -239,6 +239,7 @@ def test_fallback_polls_follow_staleness_with_an_injected_clock(
     )
     try:
         collector.add_devices(collector.configured_devices())
+        collector.poller.start()
         state = collector.registry.devices[cloud.devices[0].sn]
         other = collector.registry.devices[cloud.devices[1].sn]
         collector.mqtt.connected = True  # as if the broker were up: only staleness matters
@@ -248,7 +249,7 @@ def test_fallback_polls_follow_staleness_with_an_injected_clock(
         # fresh MQTT data: online, nothing due
         for s in (state, other):
             s.set_online(Online.ONLINE)
-            s.last_mqtt_ms = s.last_poll_ms = now[0]
+            s.last_mqtt_ms = s.last_seen_ms = s.last_poll_ms = now[0]
         assert collector.check_fallback() == 0
         now[0] += 121_000  # MQTT stale past stale_after_s while online: fallback for both
         assert collector.check_fallback() == 2
@@ -259,9 +260,16 @@ def test_fallback_polls_follow_staleness_with_an_injected_clock(
         assert state.online is Online.ASSUMED_OFFLINE
         collector.mqtt.connected = False  # MQTT down: every pollable device is polled
         assert collector.check_fallback() == 2
-        state.listed_offline = True  # the device list says offline: not polled
+        wait_for(lambda: collector.polls["fallback"] == 4)
+        state.listed = False  # the device list says offline: not polled
         now[0] += 121_000
         assert collector.check_fallback() == 1
+        # the device list says online: MQTT silence makes it due although MQTT never spoke
+        collector.mqtt.connected = True
+        wait_for(lambda: collector.poller.pending() == 0)
+        state.listed = other.listed = True
+        now[0] += 121_000
+        assert collector.check_fallback() == 2
     finally:
         collector.stop(timeout=5)
         client.close()

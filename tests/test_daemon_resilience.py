@@ -4,6 +4,7 @@ secrets kept out of the logs. Real broker, real InfluxDB, the local EcoFlow clou
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,15 +36,22 @@ def test_watchdog_rebuilds_a_silent_session_while_devices_are_online(
         settings = make_settings(cloud, influx_server, influx_db, tmp_path)
         with running(settings, clock_ms=lambda: now[0]) as collector:
             wait_for(lambda: collector.mqtt.connected, what="MQTT connection")
-            collector.check_watchdog()
-            assert collector.mqtt.connects == 1  # nobody online: silence is expected
-            collector.registry.devices[cloud.devices[0].sn].set_online(Online.ONLINE)
+            assert not collector.check_watchdog()  # just connected: silence is expected
+            state = collector.registry.devices[cloud.devices[0].sn]
+            state.listed = None  # nobody should be talking: silence is fine however long
+            now[0] += int(settings.mqtt.watchdog_s * 1000) * 3
+            assert not collector.check_watchdog()
+            state.set_online(Online.ONLINE)
+            state.last_seen_ms = now[0]
+            collector.mqtt.last_message_ms = now[0]
             now[0] += int(settings.mqtt.watchdog_s * 1000) - 1000
-            collector.check_watchdog()
-            assert collector.mqtt.connects == 1  # not silent long enough yet
+            assert not collector.check_watchdog()  # not silent long enough yet
+            assert collector.mqtt.connects == 1
             now[0] += 2000
-            collector.check_watchdog()
+            assert collector.check_watchdog()
             wait_for(lambda: collector.mqtt.connects == 2 and collector.mqtt.connected, what="a new session")
+            time.sleep(2)
+            assert collector.mqtt.connects == 2  # one new session, not a storm of them
             cloud.publisher.publish_report(cloud.devices[0], full=True)
             wait_for(lambda: collector.mqtt.messages["quota"] == 1, what="data on the new session")
 
@@ -107,6 +115,7 @@ def test_device_list_offline_flag_marks_offline_and_stops_polling(
         collector = Collector(settings, default_catalog(), client, sink, client_id="list")
         try:
             collector.add_devices(collector.configured_devices())
+            collector.poller.start()
             off, on = cloud.devices
             off.online = False
             collector.refresh_device_list()

@@ -104,3 +104,21 @@ def test_delta_pro_capture_values_in_si_units(influx_server: InfluxServer, influ
     assert row["bmsMaster.vol"] == 50.133
     assert row["inv.cfgAcOutVoltage"] == 120.0
     assert "bmsMaster.totalDsgCap" not in row  # 4294967295 = unset: never written
+
+
+def test_hostile_names_and_keys_round_trip(influx_server: InfluxServer, influx_db: str) -> None:
+    """Names and keys with every character line protocol treats specially land, and land as named."""
+    catalog = default_catalog()
+    hostile = 'Garage, "left" = 1\\ back\\slash\ttab\\'
+    device = Device.resolve(catalog, "SN,= 1", hostile, "Odd Product, Inc.")
+    payload = b'{"params": {"a b": 1, "c=d": 2, "e,f": 3, "g\\\\": 4, "time": 5, "ok": 6}, "version": "1.0"}'
+    _, points = Pipeline().process(device, payload, None, TIME_MS)
+    with InfluxDBClient(url=influx_server.url, token="unused", org="ecoflow") as client:
+        client.write_api(write_options=SYNCHRONOUS).write(
+            bucket=influx_db, record=[p.to_line() for p in points], write_precision=WritePrecision.MS
+        )
+    (row,) = influx_server.rows(influx_db, 'SELECT * FROM "odd_product_inc"', epoch="ms")
+    assert row["name"] == 'Garage, "left" = 1 back\\slash tab'
+    assert row["sn"] == "SN,= 1"
+    assert (row["a b"], row["c=d"], row["e,f"], row["g"], row["ok"]) == (1.0, 2.0, 3.0, 4.0, 6.0)
+    assert row["time"] == TIME_MS  # the payload's "time" field was not written over the timestamp

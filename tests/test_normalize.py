@@ -122,11 +122,12 @@ def test_line_protocol_escapes_and_types(catalog: Catalog) -> None:
 def test_status_point(catalog: Catalog) -> None:
     device = Device.resolve(catalog, "WG1", None, "widget")
     points = Pipeline().points(device, decode_object({"params": {"status": 0}}), 5)
-    assert [p.to_line() for p in points] == ["ecoflow_status,name=WG1,sn=WG1 online=0.0 5"]
+    assert [p.to_line() for p in points] == ["ecoflow_status,name=WG1,sn=WG1 online=0.0,state=0.0 5"]
 
 
 def test_escape_key() -> None:
-    assert escape_key("a b,c=d\\") == r"a\ b\,c\=d\\"
+    assert escape_key("a b,c=d\\") == r"a\ b\,c\=d"  # a trailing backslash would escape the separator
+    assert escape_key("back\\slash") == "back\\slash"
     assert Point("m x", (("t", "v"),), {"f": 1.0}, 1).to_line() == r"m\ x,t=v f=1.0 1"
 
 

@@ -9,6 +9,8 @@ session when nothing arrived for a long time although devices are online.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import ssl
 import threading
 from collections.abc import Callable, Iterable
@@ -95,7 +97,7 @@ class MqttSource:
         self._stopping = threading.Event()
         self._auth_backoff_s = 5.0
         self.connected = False
-        self._connected_at_ms = 0
+        self.connected_at_ms = 0
         self.last_message_ms = 0
         self.connects = 0
         self.auth_failures = 0
@@ -117,6 +119,8 @@ class MqttSource:
         self._use(credentials)
 
     def _use(self, credentials: MqttCredentials) -> None:
+        if self._stopping.is_set():
+            return
         self._credentials = credentials
         if self._client is None:
             self._client = self._build(credentials)
@@ -125,12 +129,17 @@ class MqttSource:
         else:  # paho's loop uses them at its next reconnect
             self._client.username_pw_set(credentials.username, credentials.password)
 
-    def stop(self) -> None:
-        self._stopping.set()
-        client = self._client
+    def stop(self, timeout: float = 2.0) -> None:
+        """Disconnect; paho's thread gets `timeout` seconds to finish (it may be stuck in a DNS
+        lookup or a TLS handshake with an unreachable broker: it is a daemon thread, left behind)."""
+        with self._lock:
+            self._stopping.set()
+            client = self._client
         if client is not None:
             client.disconnect()
-            client.loop_stop()
+            stopper = threading.Thread(target=client.loop_stop, name="mqtt-stop", daemon=True)
+            stopper.start()
+            stopper.join(timeout)
         self.connected = False
 
     def add_devices(self, serials: Iterable[str]) -> None:
@@ -142,22 +151,15 @@ class MqttSource:
             self._subscribe(self._client, self.account, new)
 
     def rebuild(self, reason: str) -> None:
-        """Drop the session and connect afresh (paho's loop reconnects with its backoff)."""
+        """Drop the session: shut its socket down, so that paho's own thread sees the connection
+        lost and reconnects with its backoff (paho's reconnect() is not safe from another thread)."""
         log.warning("mqtt.rebuild", reason=reason)
-        if self._client is not None:
-            self._client.reconnect()
-
-    def check_watchdog(self, watchdog_ms: int, devices_online: int) -> bool:
-        """Rebuild when connected, devices are online, and nothing arrived for watchdog_ms."""
-        now = self._clock_ms()
-        quiet_since = max(self.last_message_ms, self._connected_at_ms)
-        if self.connected and devices_online > 0 and now - quiet_since > watchdog_ms:
-            self.rebuild(
-                f"no message for {(now - quiet_since) // 1000} s while {devices_online} devices are online"
-            )
-            self._connected_at_ms = now
-            return True
-        return False
+        client = self._client
+        sock = client.socket() if client is not None else None
+        if isinstance(sock, socket.socket | ssl.SSLSocket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        self.connected = False
 
     # --- paho plumbing -------------------------------------------------------------------------
 
@@ -171,8 +173,9 @@ class MqttSource:
         client.username_pw_set(credentials.username, credentials.password)
         if credentials.tls:
             client.tls_set_context(tls_context(credentials.ca_file))
-        client.reconnect_delay_set(min_delay=1, max_delay=int(self._reconnect_max))
+        client.reconnect_delay_set(min_delay=1, max_delay=max(1, int(self._reconnect_max)))
         client.max_queued_messages_set(0)
+        client.suppress_exceptions = True  # a callback's bug is logged by paho, never fatal to its loop
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
@@ -200,14 +203,17 @@ class MqttSource:
         self.connected = True
         self.connects += 1
         self._auth_backoff_s = 5.0
-        self._connected_at_ms = self._clock_ms()
+        self.connected_at_ms = self._clock_ms()
         log.info("mqtt.connected", host=self._host(), client_id=self.client_id)
         with self._lock:
             serials = sorted(self._serials)
-        if self.account:
-            self._subscribe(client, self.account, serials)
-        if self._on_connected is not None:
-            self._on_connected()
+        try:
+            if self.account:
+                self._subscribe(client, self.account, serials)
+            if self._on_connected is not None:
+                self._on_connected()
+        except Exception:  # on paho's thread: log, never end its loop
+            log.exception("mqtt.on_connect_failed")
 
     def _on_disconnect(
         self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason_code: ReasonCode, _props: Any
@@ -224,7 +230,10 @@ class MqttSource:
         sn, kind = parsed
         self.last_message_ms = self._clock_ms()
         self.messages[kind.value] += 1
-        self._handler(sn, kind, bytes(message.payload))
+        try:
+            self._handler(sn, kind, bytes(message.payload))
+        except Exception:  # the handler counts its own failures; this is the last line of defence
+            log.exception("mqtt.handler_failed", sn=sn, topic=kind.value)
 
     def _host(self) -> str:
         c = self._credentials
