@@ -9,12 +9,21 @@ as `**********` and never appear in errors.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 ENV_PREFIX = "ECOFLOW_COLLECTOR_"
 REGIONS = {
@@ -52,8 +61,8 @@ class MqttSection(BaseModel):
     client_id: str | None = Field(None, min_length=1, max_length=64)
     ca_file: Path | None = None
     keepalive_s: int = Field(60, ge=5, le=3600)
-    watchdog_s: float = Field(300.0, gt=0)
-    reconnect_max_s: float = Field(300.0, gt=0)
+    watchdog_s: float = Field(300.0, ge=10)
+    reconnect_max_s: float = Field(300.0, ge=1)
 
     @field_validator("ca_file")
     @classmethod
@@ -73,6 +82,7 @@ class InfluxSection(BaseModel):
     batch_size: int = Field(5000, ge=1, le=100_000)
     flush_interval_s: float = Field(1.0, gt=0, le=300)
     timeout_s: float = Field(10.0, gt=0, le=300)
+    gzip: bool = True  # compress write requests (off saves CPU where the network is fast)
 
 
 class CollectorSection(BaseModel):
@@ -88,7 +98,18 @@ class CollectorSection(BaseModel):
     status_interval_s: float = Field(60.0, gt=0)
     telemetry_interval_s: float = Field(30.0, gt=0)
     healthz_port: int | None = Field(None, ge=0, le=65535)
+    healthz_host: str = "127.0.0.1"  # 0.0.0.0 to let other machines (or a container runtime) probe it
     shard: str | None = Field(None, pattern=r"^\d+/\d+$")
+
+    @model_validator(mode="after")
+    def _stale_before_offline(self) -> CollectorSection:
+        if self.stale_after_s >= self.offline_after_s:
+            raise ValueError(
+                f"stale_after_s ({self.stale_after_s:g}) must be below offline_after_s "
+                f"({self.offline_after_s:g}): a device is polled over HTTP when its MQTT data is stale, "
+                "and counted offline later"
+            )
+        return self
 
 
 class LoggingSection(BaseModel):
@@ -117,6 +138,16 @@ class Settings(BaseSettings):
     collector: CollectorSection = CollectorSection()
     logging: LoggingSection = LoggingSection()
     devices: list[DeviceEntry] = []
+
+    @model_validator(mode="after")
+    def _watchdog_before_offline(self) -> Settings:
+        if self.mqtt.watchdog_s >= self.collector.offline_after_s:
+            raise ValueError(
+                f"mqtt.watchdog_s ({self.mqtt.watchdog_s:g}) must be below collector.offline_after_s "
+                f"({self.collector.offline_after_s:g}): the watchdog is for sessions gone silent while "
+                "devices are still counted online"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(
@@ -153,6 +184,10 @@ def load_settings(path: Path | None) -> Settings:
             raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
     try:
         settings = Settings(**data)
+    except SettingsError as exc:  # an environment variable that does not parse (e.g. bad JSON)
+        field = re.search(r'field "(\w+)"', str(exc))
+        variable = ENV_PREFIX + field.group(1).upper() if field else f"one of {ENV_PREFIX}*"
+        raise ConfigError(f"config {source}: {variable} is not valid JSON") from None
     except ValidationError as exc:
         env_keys = sorted(k for k in os.environ if k.upper().startswith(ENV_PREFIX))
         hint = f" (environment overrides in effect: {', '.join(env_keys)})" if env_keys else ""

@@ -142,11 +142,15 @@ def _flatten_other(value: Any, key: str, out: dict[str, Scalar], depth: int) -> 
 
 
 _element_names: dict[str, list[str]] = {}  # "a" -> ["a[0]", "a[1]", ...]: arrays repeat in every report
+_ELEMENT_NAMES_LIMIT = 100_000  # names kept in all: hostile payloads may invent arrays forever
+_element_names_kept = 0
 
 
 def _remember_element_names(key: str, count: int) -> list[str]:
+    global _element_names_kept
     names = [f"{key}[{index}]" for index in range(count)]
-    if len(_element_names) < 10_000 and count <= 1024:
+    if _element_names_kept + count <= _ELEMENT_NAMES_LIMIT:
+        _element_names_kept += count - len(_element_names.get(key, ()))
         _element_names[key] = names
     return names
 

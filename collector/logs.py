@@ -5,12 +5,17 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
 from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
 
-_SECRET_KEYS = re.compile(r"(secret|password|token|sign|access_?key|authorization)", re.IGNORECASE)
+# whole words of a key name (secret_key, mqtt_password, sign), not parts of others (signal, tokens_used)
+_SECRET_KEYS = re.compile(
+    r"(^|_)(secret|password|passwd|token|sign|signature|access_?key|authorization|credentials?)(_|$)",
+    re.IGNORECASE,
+)
 REDACTED = "**redacted**"
 
 
@@ -35,21 +40,59 @@ def _stderr_logger(*_args: Any) -> _StderrLogger:
     return _StderrLogger()
 
 
+_json_traceback = structlog.processors.ExceptionRenderer(
+    structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+)
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stdlib handler writing to whatever sys.stderr is at the moment of each record."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        return
+
+
 def configure(level: str = "info", fmt: str = "console") -> None:
+    """structlog for our events, and the same renderer for the stdlib loggers of the libraries we
+    use (APScheduler, paho, urllib3) and for uncaught exceptions in threads: one event per line."""
+    numeric_level = logging.getLevelNamesMapping()[level.upper()]
     renderer: Any = (
         structlog.processors.JSONRenderer() if fmt == "json" else structlog.dev.ConsoleRenderer(colors=False)
     )
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        redact,
+        # JSON keeps a traceback inside its one line (without frame locals: they may hold secrets);
+        # the console renderer formats its own
+        *([_json_traceback] if fmt == "json" else []),
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            redact,
-            # JSON keeps a traceback inside its one line; the console renderer formats its own
-            *([structlog.processors.dict_tracebacks] if fmt == "json" else []),
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level.upper()]),
+        processors=[*shared, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
+    handler = _StderrHandler()
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(max(numeric_level, logging.INFO))  # libraries' debug chatter stays out
+    threading.excepthook = _log_thread_exception
+
+
+def _log_thread_exception(args: threading.ExceptHookArgs) -> None:
+    thread = args.thread.name if args.thread is not None else "?"
+    exc_info = (args.exc_type, args.exc_value, args.exc_traceback)
+    structlog.get_logger("collector").error("thread.crashed", thread=thread, exc_info=exc_info)

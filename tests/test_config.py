@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,24 @@ def test_secrets_never_appear_in_errors_or_reprs(tmp_path: Path) -> None:
     path.write_text('[ecoflow]\nsecret_key = "s3cr3t-value"\n[influxdb]\ntoken = "t0ken-value"\n')
     settings = load_settings(path)
     assert "s3cr3t-value" not in repr(settings) and "t0ken-value" not in repr(settings)
+
+
+def test_environment_json_that_does_not_parse_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ECOFLOW_COLLECTOR_DEVICES", '[{"sn": "HW51A", oops')
+    with pytest.raises(ConfigError, match="ECOFLOW_COLLECTOR_DEVICES is not valid JSON"):
+        load_settings(None)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[collector]\nstale_after_s = 700", "stale_after_s (700) must be below offline_after_s (600)"),
+        ("[mqtt]\nwatchdog_s = 900", "mqtt.watchdog_s (900) must be below collector.offline_after_s (600)"),
+        ("[mqtt]\nreconnect_max_s = 0.5", "mqtt.reconnect_max_s: Input should be greater than or equal to 1"),
+    ],
+)
+def test_timing_settings_that_cannot_work_are_refused(tmp_path: Path, text: str, expected: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        load_settings(path)

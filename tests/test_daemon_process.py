@@ -115,6 +115,7 @@ def config_for(
         "healthz_port": port,
         "quota_all_interval_s": 3600,
         "stale_after_s": 3600,
+        "offline_after_s": 7200,
         **collector,
     }
     settings["logging"] = {"level": "info", "format": "json"}

@@ -143,6 +143,8 @@ def test_secrets_are_redacted_from_log_events() -> None:
         "Authorization": "Token t",
         "sn": "HW51",
         "reason": "",
+        "signal": "SIGTERM",
+        "mqtt_password": "p",
     }
     assert redact(None, "info", event) == {
         "event": "x",
@@ -153,6 +155,8 @@ def test_secrets_are_redacted_from_log_events() -> None:
         "Authorization": REDACTED,
         "sn": "HW51",
         "reason": "",
+        "signal": "SIGTERM",
+        "mqtt_password": REDACTED,
     }
 
 

@@ -137,7 +137,11 @@ class Catalog:
                 raise CatalogError(f"product {product.slug!r} is defined twice")
             self.products[product.slug] = product
             for alias in (product.name, *product.aliases):
-                self._by_name[slugify(alias)] = product
+                other = self._by_name.setdefault(slugify(alias), product)
+                if other is not product:
+                    raise CatalogError(
+                        f"product name {alias!r} is claimed by {other.slug} and {product.slug}"
+                    )
 
     def get(self, slug: str) -> Product | None:
         return self.products.get(slug)
@@ -155,12 +159,15 @@ class Catalog:
         return max(matches, key=lambda m: m[0])[1] if matches else None
 
     def identify(self, product: str | None, sn: str) -> tuple[str, Product | None]:
-        """The measurement slug and catalog product of a device (product may be a name or slug)."""
-        if product:
-            known = self.get(product) or self.by_product_name(product)
-            return (known.slug, known) if known else (slugify(product), None)
-        known = self.by_serial(sn)
-        return (known.slug, known) if known else ("unknown", None)
+        """The measurement slug and catalog product of a device: by product slug or name, else by
+        serial prefix (a product name variant the catalog does not list yet), else the slug of
+        the product name (or `unknown`) with no catalog product."""
+        known = (self.get(product) or self.by_product_name(product) if product else None) or self.by_serial(
+            sn
+        )
+        if known is not None:
+            return known.slug, known
+        return (slugify(product), None) if product else ("unknown", None)
 
 
 def load_catalog(directory: Path = PRODUCTS_DIR) -> Catalog:

@@ -30,8 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ecoflow-collector",
         description="Collect EcoFlow device telemetry (IoT Open Platform) into InfluxDB.",
     )
-    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--log-format", default="console", choices=["console", "json"])
+    # no defaults here: `run` takes the config's [logging] unless these are given
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default: warning")
+    parser.add_argument("--log-format", choices=["console", "json"], help="default: console")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(commands)
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure(args.log_level, args.log_format)
+    configure(args.log_level or "warning", args.log_format or "console")
     try:
         status: int = args.handler(args)
     except (CatalogError, ConfigError, UsageError) as exc:

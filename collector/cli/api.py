@@ -109,13 +109,7 @@ class _Devices:
             return self.catalog.identify(entry.product, sn)
         if info is None:
             info = self.listed().get(sn)
-        if info is not None and info.productName:
-            slug, product = self.catalog.identify(info.productName, sn)
-            if product is not None:
-                return slug, product
-            by_serial = self.catalog.by_serial(sn)
-            return (by_serial.slug, by_serial) if by_serial else (slug, None)
-        return self.catalog.identify(None, sn)
+        return self.catalog.identify(info.productName if info is not None else None, sn)
 
     def name(self, info: DeviceInfo) -> str:
         entry = self._configured.get(info.sn)

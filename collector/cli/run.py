@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
+import sys
 import threading
 from pathlib import Path
 from types import FrameType
@@ -49,23 +51,27 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """The daemon. Returns only on a usage error: after a signal it stops and ends the process."""
     settings = load_settings(args.config)
-    configure(settings.logging.level, settings.logging.format)
+    configure(args.log_level or settings.logging.level, args.log_format or settings.logging.format)
     catalog = default_catalog()  # an invalid catalog stops the start here
-    state_dir = StateDir(settings.collector.state_dir)
     try:
+        state_dir = StateDir(settings.collector.state_dir)
         state_dir.lock()
-    except StateDirError as exc:
+        client_id = state_dir.client_id(settings.mqtt.client_id)
+    except (StateDirError, OSError) as exc:
         raise UsageError(str(exc)) from None
     client = EcoflowClient.from_settings(settings.ecoflow)
+    health = None
+    host, port = settings.collector.healthz_host, settings.collector.healthz_port
+    if port is not None:
+        try:
+            health = HealthServer(port, lambda: collector.health(), host=host)
+        except OSError as exc:
+            raise UsageError(f"healthz on {host}:{port}: {exc.strerror}") from None
     sink = InfluxWriter.from_settings(settings)
     collector = Collector(
-        settings,
-        catalog,
-        client,
-        sink,
-        client_id=state_dir.client_id(settings.mqtt.client_id),
-        shard=parse_shard(settings.collector.shard),
+        settings, catalog, client, sink, client_id=client_id, shard=parse_shard(settings.collector.shard)
     )
     stop = threading.Event()
 
@@ -75,11 +81,9 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    health = None
-    if settings.collector.healthz_port is not None:
-        health = HealthServer(settings.collector.healthz_port, collector.health)
+    if health is not None:
         health.start()
-        log.info("healthz.listening", port=health.port)
+        log.info("healthz.listening", host=settings.collector.healthz_host, port=health.port)
     try:
         collector.start()
         stop.wait()
@@ -89,7 +93,11 @@ def run(args: argparse.Namespace) -> int:
             health.stop()
         client.close()
         state_dir.unlock()
-    return 0
+    # Everything accepted is now in InfluxDB or the spool. A scheduler job may still be waiting on
+    # an HTTP call to an unreachable cloud: do not let interpreter shutdown wait for it.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _report(name: str, ok: bool, detail: str) -> bool:
@@ -125,7 +133,11 @@ def _check_api(settings: Settings) -> bool:
             credentials = collector.mqtt_credentials()
         except ApiError as exc:
             return _report("mqtt", False, f"certification failed: {exc}")
-    problem = probe_broker(credentials, timeout_s=settings.ecoflow.timeout_s)
+    try:  # the daemon's id would kick a running daemon off the broker: a stable id of its own
+        probe_id = StateDir(settings.collector.state_dir).client_id(settings.mqtt.client_id) + "-check"
+    except (StateDirError, OSError) as exc:
+        return _report("mqtt", False, f"state_dir: {exc}")
+    problem = probe_broker(credentials, probe_id, timeout_s=settings.ecoflow.timeout_s)
     where = f"{credentials.host}:{credentials.port} as {credentials.username}"
     return _report("mqtt", problem is None, f"{where}: {problem or 'connected'}")
 

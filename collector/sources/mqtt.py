@@ -265,8 +265,9 @@ class MqttSource:
         threading.Thread(target=refresh, name="mqtt-credentials", daemon=True).start()
 
 
-def probe_broker(credentials: MqttCredentials, timeout_s: float = 10.0) -> str | None:
-    """Connect once and disconnect: None when the broker accepted us, else what went wrong."""
+def probe_broker(credentials: MqttCredentials, client_id: str, timeout_s: float = 10.0) -> str | None:
+    """Connect once and disconnect: None when the broker accepted us, else what went wrong.
+    `client_id` should be stable too: EcoFlow counts every distinct id against a daily limit."""
     outcome: list[str] = []
     done = threading.Event()
 
