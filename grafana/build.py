@@ -1,0 +1,1705 @@
+"""Generates grafana/dashboards/*.json (the dashboards are code; edit here, then run this).
+
+    python3 grafana/build.py            # rewrite grafana/dashboards/*.json
+    python3 grafana/build.py --check    # exit 1 if a file differs from what this script makes
+
+Every query is InfluxQL that InfluxDB 1.8, 2.x (v1-compatible /query with a DBRP mapping) and 3.x
+all run: no INTEGRAL() (3.x lacks it; energy is summed from 1-minute means instead), no SHOW SERIES
+or SHOW DATABASES, field names double-quoted (they contain dots). Units are Grafana unit ids taken
+from the catalog's stored units; value mappings of state panels are the catalog's enum labels.
+tests/test_grafana.py checks the files are current, validate against Grafana's schema, name only
+fields that exist, and that every query returns data from a collector fed by the local cloud.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent))
+
+from collector.catalog import Product, default_catalog  # noqa: E402
+
+DASHBOARDS = ROOT / "dashboards"
+SCHEMA_VERSION = 42  # dashboard JSON schema version of Grafana 12.4 (@grafana/schema defaultDashboard)
+DATASOURCE_UID = "ecoflow-influxdb"  # provisioning/datasources/influxdb.yaml
+DS = {"type": "influxdb", "uid": "${datasource}"}
+
+# stored unit (docs/schema.md, `ecoflow-collector schema`) -> Grafana unit id
+GRAFANA_UNITS: dict[str, str] = {
+    "W": "watt",
+    "V": "volt",
+    "A": "amp",
+    "%": "percent",
+    "°C": "celsius",
+    "Hz": "hertz",
+    "s": "s",
+    "Wh": "watth",
+    "Ah": "amph",
+    "dBm": "dBm",
+}
+KWH = "kwatth"
+# Seconds may also be shown as a duration (d hh:mm:ss) where that reads better.
+UNIT_ALIASES = {"s": {"s", "dtdurations"}}
+
+GREEN, YELLOW, ORANGE, RED, BLUE, PURPLE, GREY = (
+    "green",
+    "yellow",
+    "orange",
+    "red",
+    "blue",
+    "purple",
+    "text",
+)
+SPAN_NULLS_MS = 16 * 60 * 1000  # connect points up to the HTTP poll period (15 min); longer gaps show
+
+
+# ------------------------------------------------------------------------------------- queries
+def q(text: str) -> str:
+    """One-line query text (the builders write queries over several lines for reading)."""
+    return " ".join(text.split())
+
+
+def device_filter(variable: str = "sn") -> str:
+    return f'"{variable}" =~ /^${variable}$/'
+
+
+def series(
+    measurement: str,
+    columns: Sequence[tuple[str, str]],
+    *,
+    where: str,
+    agg: str = "mean",
+    fill: str = "null",
+    scale: str = "",
+) -> str:
+    """`agg(field) AS "label"` per column, per device, per $__interval."""
+    select = ", ".join(f'{agg}("{field}"){scale} AS "{label}"' for field, label in columns)
+    return q(
+        f"""SELECT {select} FROM "{measurement}" WHERE $timeFilter AND {where}
+        GROUP BY time($__interval), "name" fill({fill})"""
+    )
+
+
+def latest(measurement: str, columns: Sequence[tuple[str, str]], *, where: str, scale: str = "") -> str:
+    select = ", ".join(f'last("{field}"){scale} AS "{label}"' for field, label in columns)
+    return q(f'SELECT {select} FROM "{measurement}" WHERE $timeFilter AND {where} GROUP BY "name"')
+
+
+def energy(
+    measurement: str,
+    columns: Sequence[tuple[str, str]],
+    *,
+    where: str,
+    group: str,
+    per_day: bool,
+    totals: Sequence[tuple[str, Sequence[str]]] | None = None,
+    by: str = '"name"',
+) -> str:
+    """kWh from power: the sum of 1-minute mean watts / 60000, per day (or over the time range).
+
+    `columns` are (field, inner label); `totals` (label, inner labels added up), by default one per
+    column. fill(previous) carries a value over minutes without a report: MQTT reports are
+    incremental, so an unchanged power is not sent again. Each field is its own inner column, so one
+    missing field does not blank another.
+    """
+    inner = ", ".join(f'mean("{field}") AS "{label}"' for field, label in columns)
+    totals = totals or [(label, [label]) for _field, label in columns]
+    parts_sql = []
+    for label, parts in totals:
+        summed = " + ".join(f'sum("{part}")' for part in parts)
+        parts_sql.append(
+            f'({summed}) / 60000 AS "{label}"' if len(parts) > 1 else f'{summed} / 60000 AS "{label}"'
+        )
+    outer = ", ".join(parts_sql)
+    outer_group = f"GROUP BY time(1d), {by} fill(none) tz('$tz')" if per_day else f"GROUP BY {by}"
+    return q(
+        f"""SELECT {outer} FROM (SELECT {inner} FROM "{measurement}" WHERE $timeFilter AND {where}
+        GROUP BY time(1m), {group} fill(previous)) WHERE $timeFilter {outer_group}"""
+    )
+
+
+def target(query: str, ref: str, *, alias: str = "$tag_name $col", table: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "refId": ref,
+        "datasource": DS,
+        "query": query,
+        "rawQuery": True,
+        "resultFormat": "table" if table else "time_series",
+    }
+    if not table:
+        out["alias"] = alias
+    return out
+
+
+def targets(
+    *queries: str | tuple[str, str], table: bool = False, alias: str = "$tag_name $col"
+) -> list[dict[str, Any]]:
+    """Targets A, B, C, ... from query texts, or (query, alias) pairs. The default alias names a
+    series by device and column; "$col" suits queries without GROUP BY tags (fleet totals)."""
+    out = []
+    for index, item in enumerate(queries):
+        query, alias = item if isinstance(item, tuple) else (item, alias)
+        out.append(target(query, chr(ord("A") + index), alias=alias, table=table))
+    return out
+
+
+# ------------------------------------------------------------------------------------- panels
+def thresholds(*steps: tuple[float | None, str]) -> dict[str, Any]:
+    return {"mode": "absolute", "steps": [{"color": color, "value": value} for value, color in steps]}
+
+
+NEUTRAL = thresholds((None, GREEN))
+
+
+def value_mappings(labels: dict[str, str], colors: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """One Grafana value mapping from a catalog enum's labels (value -> text, optional colour)."""
+    options: dict[str, Any] = {}
+    for index, (value, text) in enumerate(sorted(labels.items(), key=lambda kv: float(kv[0]))):
+        result: dict[str, Any] = {"text": text, "index": index}
+        if colors and value in colors:
+            result["color"] = colors[value]
+        options[value] = result
+    return [{"type": "value", "options": options}]
+
+
+def override(matcher: str, pattern: str, **properties: Any) -> dict[str, Any]:
+    """A field override: matcher `byName` or `byRegexp`; properties as id=value (`custom__x` is
+    `custom.x`)."""
+    return {
+        "matcher": {"id": matcher, "options": pattern},
+        "properties": [{"id": key.replace("__", "."), "value": value} for key, value in properties.items()],
+    }
+
+
+def panel(
+    kind: str,
+    title: str,
+    description: str,
+    panel_targets: list[dict[str, Any]],
+    *,
+    unit: str | None = None,
+    custom: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None,
+    defaults: dict[str, Any] | None = None,
+    overrides: Iterable[dict[str, Any]] = (),
+    size: tuple[int, int] = (12, 8),
+    **extra: Any,
+) -> dict[str, Any]:
+    field_defaults: dict[str, Any] = {
+        "color": {"mode": "palette-classic"},
+        "mappings": [],
+        "thresholds": NEUTRAL,
+    }
+    if unit is not None:
+        field_defaults["unit"] = unit
+    if custom is not None:
+        field_defaults["custom"] = custom
+    field_defaults.update(defaults or {})
+    out: dict[str, Any] = {
+        "type": kind,
+        "title": title,
+        "description": description,
+        "datasource": DS,
+        "fieldConfig": {"defaults": field_defaults, "overrides": list(overrides)},
+        "options": options or {},
+        "targets": panel_targets,
+        "_size": size,
+    }
+    out.update(extra)
+    return out
+
+
+def timeseries(
+    title: str,
+    description: str,
+    panel_targets: list[dict[str, Any]],
+    unit: str,
+    *,
+    stack: bool = False,
+    bars: bool = False,
+    step: bool = False,
+    fill: int = 10,
+    soft_min: float | None = None,
+    minmax: tuple[float, float] | None = None,
+    calcs: Sequence[str] = ("lastNotNull", "max"),
+    **kwargs: Any,
+) -> dict[str, Any]:
+    custom: dict[str, Any] = {
+        "drawStyle": "bars" if bars else "line",
+        "lineInterpolation": "stepAfter" if step else "linear",
+        "lineWidth": 1,
+        "fillOpacity": 80 if bars else (35 if stack else fill),
+        "gradientMode": "none" if bars else "opacity",
+        "showPoints": "never",
+        "pointSize": 4,
+        "spanNulls": SPAN_NULLS_MS,
+        "insertNulls": False,
+        "stacking": {"mode": "normal" if stack else "none", "group": "A"},
+        "axisPlacement": "auto",
+        "axisLabel": "",
+        "axisBorderShow": False,
+        "axisCenteredZero": False,
+        "axisColorMode": "text",
+        "barAlignment": 1 if bars else 0,
+        "scaleDistribution": {"type": "linear"},
+        "hideFrom": {"legend": False, "tooltip": False, "viz": False},
+        "thresholdsStyle": {"mode": "off"},
+    }
+    if soft_min is not None:
+        custom["axisSoftMin"] = soft_min
+    defaults: dict[str, Any] = {}
+    if minmax is not None:
+        defaults.update(min=minmax[0], max=minmax[1])
+    options = {
+        "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True, "calcs": list(calcs)},
+        "tooltip": {"mode": "multi", "sort": "desc"},
+    }
+    return panel(
+        "timeseries",
+        title,
+        description,
+        panel_targets,
+        unit=unit,
+        custom=custom,
+        options=options,
+        defaults=defaults,
+        **kwargs,
+    )
+
+
+def reduce(calc: str = "lastNotNull", fields: str = "") -> dict[str, Any]:
+    return {"calcs": [calc], "fields": fields, "values": False}
+
+
+def stat(
+    title: str,
+    description: str,
+    panel_targets: list[dict[str, Any]],
+    unit: str,
+    *,
+    steps: dict[str, Any] = NEUTRAL,
+    graph: bool = True,
+    fields: str = "",
+    decimals: int | None = None,
+    color_mode: str = "value",
+    size: tuple[int, int] = (4, 5),
+    **kwargs: Any,
+) -> dict[str, Any]:
+    options = {
+        "reduceOptions": reduce(fields=fields),
+        "orientation": "auto",
+        "textMode": "value_and_name",
+        "colorMode": color_mode,
+        "graphMode": "area" if graph else "none",
+        "justifyMode": "auto",
+        "wideLayout": True,
+        "showPercentChange": False,
+    }
+    defaults: dict[str, Any] = {"thresholds": steps, "color": {"mode": "thresholds"}}
+    if decimals is not None:
+        defaults["decimals"] = decimals
+    defaults.update(kwargs.pop("defaults", {}))
+    return panel(
+        "stat",
+        title,
+        description,
+        panel_targets,
+        unit=unit,
+        options=options,
+        defaults=defaults,
+        size=size,
+        **kwargs,
+    )
+
+
+def gauge(
+    title: str,
+    description: str,
+    panel_targets: list[dict[str, Any]],
+    unit: str,
+    *,
+    steps: dict[str, Any],
+    size: tuple[int, int] = (4, 5),
+    **kwargs: Any,
+) -> dict[str, Any]:
+    options = {
+        "reduceOptions": reduce(),
+        "orientation": "auto",
+        "showThresholdLabels": False,
+        "showThresholdMarkers": True,
+        "sizing": "auto",
+        "minVizHeight": 75,
+        "minVizWidth": 75,
+    }
+    defaults = {"thresholds": steps, "color": {"mode": "thresholds"}, "min": 0, "max": 100}
+    return panel(
+        "gauge",
+        title,
+        description,
+        panel_targets,
+        unit=unit,
+        options=options,
+        defaults=defaults,
+        size=size,
+        **kwargs,
+    )
+
+
+def bargauge(
+    title: str,
+    description: str,
+    panel_targets: list[dict[str, Any]],
+    unit: str,
+    *,
+    steps: dict[str, Any] = NEUTRAL,
+    minmax: tuple[float, float] | None = None,
+    size: tuple[int, int] = (8, 8),
+    **kwargs: Any,
+) -> dict[str, Any]:
+    options = {
+        "reduceOptions": reduce(),
+        "orientation": "horizontal",
+        "displayMode": "gradient",
+        "valueMode": "color",
+        "namePlacement": "auto",
+        "showUnfilled": True,
+        "sizing": "auto",
+        "minVizHeight": 16,
+        "minVizWidth": 8,
+        "maxVizHeight": 300,
+    }
+    defaults: dict[str, Any] = {"thresholds": steps, "color": {"mode": "thresholds"}}
+    if minmax is not None:
+        defaults.update(min=minmax[0], max=minmax[1])
+    defaults.update(kwargs.pop("defaults", {}))
+    return panel(
+        "bargauge",
+        title,
+        description,
+        panel_targets,
+        unit=unit,
+        options=options,
+        defaults=defaults,
+        size=size,
+        **kwargs,
+    )
+
+
+def state_timeline(
+    title: str,
+    description: str,
+    panel_targets: list[dict[str, Any]],
+    *,
+    unit: str | None = None,
+    mappings: list[dict[str, Any]] | None = None,
+    steps: dict[str, Any] | None = None,
+    size: tuple[int, int] = (12, 6),
+    **kwargs: Any,
+) -> dict[str, Any]:
+    options = {
+        "mergeValues": True,
+        "showValue": "auto",
+        "alignValue": "left",
+        "rowHeight": 0.85,
+        "legend": {"displayMode": "list", "placement": "bottom", "showLegend": False, "calcs": []},
+        "tooltip": {"mode": "single", "sort": "none"},
+    }
+    custom = {
+        "fillOpacity": 75,
+        "lineWidth": 0,
+        "hideFrom": {"legend": False, "tooltip": False, "viz": False},
+    }
+    defaults: dict[str, Any] = {"color": {"mode": "thresholds" if steps else "continuous-GrYlRd"}}
+    if steps:
+        defaults["thresholds"] = steps
+    if mappings:
+        defaults["mappings"] = mappings
+    return panel(
+        "state-timeline",
+        title,
+        description,
+        panel_targets,
+        unit=unit,
+        custom=custom,
+        options=options,
+        defaults=defaults,
+        size=size,
+        **kwargs,
+    )
+
+
+def table(
+    title: str,
+    description: str,
+    panel_targets: list[dict[str, Any]],
+    *,
+    unit: str | None = None,
+    size: tuple[int, int] = (24, 8),
+    **kwargs: Any,
+) -> dict[str, Any]:
+    options = {"showHeader": True, "cellHeight": "sm", "frameIndex": 0}
+    custom = {"align": "auto", "cellOptions": {"type": "auto"}, "inspect": False, "filterable": False}
+    return panel(
+        "table",
+        title,
+        description,
+        panel_targets,
+        unit=unit,
+        custom=custom,
+        options=options,
+        size=size,
+        **kwargs,
+    )
+
+
+def row(title: str) -> dict[str, Any]:
+    return {"type": "row", "title": title, "collapsed": False, "panels": [], "_size": (24, 1)}
+
+
+# ------------------------------------------------------------------------------------- dashboard
+def layout(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Give each panel an id and a gridPos: left to right, a new line when the width is used up;
+    a row always starts a new line."""
+    x = y = line_height = 0
+    out = []
+    for index, item in enumerate(items, start=1):
+        width, height = item.pop("_size")
+        if item["type"] == "row" or x + width > 24:
+            x, y, line_height = 0, y + line_height, 0
+        item["id"] = index
+        item["gridPos"] = {"h": height, "w": width, "x": x, "y": y}
+        x += width
+        line_height = max(line_height, height)
+        if item["type"] == "row":
+            x, y, line_height = 0, y + height, 0
+        out.append(item)
+    return out
+
+
+def query_variable(
+    name: str, label: str, query: str, *, multi: bool = True, description: str = ""
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "label": label,
+        "description": description,
+        "type": "query",
+        "datasource": DS,
+        "query": query,
+        "refresh": 2,  # on time range change: new devices appear without a reload
+        "regex": "",
+        "sort": 1,
+        "multi": multi,
+        "includeAll": multi,
+        "current": {"text": ["All"], "value": ["$__all"]} if multi else {"text": "", "value": ""},
+        "options": [],
+        "hide": 0,
+    }
+
+
+DATASOURCE_VARIABLE = {
+    "name": "datasource",
+    "label": "Data source",
+    "description": "An InfluxDB data source in InfluxQL mode (the provisioned one is EcoFlow InfluxDB)",
+    "type": "datasource",
+    "query": "influxdb",
+    "current": {"text": "EcoFlow InfluxDB", "value": DATASOURCE_UID},
+    "options": [],
+    "refresh": 1,
+    "regex": "",
+    "hide": 0,
+    "multi": False,
+    "includeAll": False,
+}
+
+TZ_VARIABLE = {
+    "name": "tz",
+    "label": "Day boundary",
+    "description": "Time zone whose midnight starts an 'energy per day' bar (an IANA name; type another)",
+    "type": "custom",
+    "query": "UTC,Europe/Berlin,Europe/London,Europe/Paris,Europe/Madrid,Europe/Rome,Europe/Amsterdam,"
+    "Europe/Vienna,Europe/Zurich,America/New_York,America/Chicago,America/Denver,America/Los_Angeles,"
+    "Asia/Tokyo,Australia/Sydney",
+    "current": {"text": "UTC", "value": "UTC"},
+    "options": [],
+    "multi": False,
+    "includeAll": False,
+    "allowCustomValue": True,
+    "hide": 0,
+}
+
+
+def dashboard(
+    uid: str,
+    title: str,
+    description: str,
+    tags: list[str],
+    variables: list[dict[str, Any]],
+    items: list[dict[str, Any]],
+    *,
+    time_from: str = "now-24h",
+) -> dict[str, Any]:
+    return {
+        "uid": uid,
+        "title": title,
+        "description": description,
+        "tags": ["ecoflow", *tags],
+        "editable": True,
+        "graphTooltip": 1,
+        "timezone": "browser",
+        "refresh": "30s",
+        "time": {"from": time_from, "to": "now"},
+        "timepicker": {},
+        "fiscalYearStartMonth": 0,
+        "liveNow": False,
+        "schemaVersion": SCHEMA_VERSION,
+        "version": 1,
+        "links": [
+            {
+                "title": "EcoFlow",
+                "type": "dashboards",
+                "tags": ["ecoflow"],
+                "asDropdown": False,
+                "icon": "external link",
+                "includeVars": False,
+                "keepTime": True,
+                "targetBlank": False,
+                "tooltip": "",
+                "url": "",
+            }
+        ],
+        "annotations": {
+            "list": [
+                {
+                    "builtIn": 1,
+                    "datasource": {"type": "grafana", "uid": "-- Grafana --"},
+                    "enable": True,
+                    "hide": True,
+                    "iconColor": "rgba(0, 211, 255, 1)",
+                    "name": "Annotations & Alerts",
+                    "type": "dashboard",
+                }
+            ]
+        },
+        "templating": {"list": [DATASOURCE_VARIABLE, *variables]},
+        "panels": layout(items),
+    }
+
+
+def device_variables(measurement: str) -> list[dict[str, Any]]:
+    return [
+        query_variable(
+            "name",
+            "Device",
+            f'SHOW TAG VALUES FROM "{measurement}" WITH KEY = "name"',
+            description="Device names (from the device list or the config)",
+        ),
+        query_variable(
+            "sn",
+            "Serial",
+            f'SHOW TAG VALUES FROM "{measurement}" WITH KEY = "sn" WHERE {device_filter("name")}',
+            description="Serial numbers of the devices chosen under Device",
+        ),
+    ]
+
+
+SOC_STEPS = thresholds((None, RED), (15, ORANGE), (30, YELLOW), (50, GREEN))
+TEMP_STEPS = thresholds((None, BLUE), (5, GREEN), (45, ORANGE), (60, RED))
+ERROR_STEPS = thresholds((None, GREEN), (1, RED))
+
+
+def labels(product: Product, key: str) -> dict[str, str]:
+    spec = product.lookup(key)
+    if spec is None or not spec.values:
+        raise SystemExit(f"build.py: {product.slug} {key}: no enum labels in the catalog")
+    return spec.values
+
+
+def error_table(product: Product, measurement: str, columns: Sequence[tuple[str, str]]) -> dict[str, Any]:
+    for key, _label in columns:
+        spec = product.lookup(key)
+        if spec is None or spec.kind.value != "error_code":
+            raise SystemExit(f"build.py: {key} is not an error_code field of {product.slug}")
+    select = ", ".join(f'"{key}" AS "{label}"' for key, label in columns)
+    nonzero = " OR ".join(f'"{key}" <> 0' for key, _label in columns)
+    query = q(
+        f"""SELECT {select} FROM "{measurement}" WHERE $timeFilter AND {device_filter()} AND ({nonzero})
+        GROUP BY "name" ORDER BY time DESC LIMIT 500"""
+    )
+    return table(
+        "Error and warning codes",
+        "Every report in the time range with a non-zero error or warning code (0 = none, shown as "
+        "a dash). The numbers are the device's own codes; EcoFlow documents no meanings for most.",
+        targets(query, table=True),
+        size=(24, 7),
+        defaults={
+            "mappings": [{"type": "value", "options": {"0": {"text": "–", "index": 0}}}],
+            "thresholds": ERROR_STEPS,
+            "custom": {
+                "align": "auto",
+                "cellOptions": {"type": "color-text"},
+                "inspect": False,
+                "filterable": True,
+            },
+            "noValue": "no error codes in this time range",
+        },
+        overrides=[
+            override("byName", "Time", unit="dateTimeAsLocal", custom__cellOptions={"type": "auto"}),
+            override("byName", "name", displayName="Device", custom__cellOptions={"type": "auto"}),
+        ],
+    )
+
+
+# ------------------------------------------------------------------------------------- PowerStream
+def powerstream(product: Product) -> dict[str, Any]:
+    m = "powerstream"
+    k = "20_1."
+    dev = device_filter()
+    items = [
+        gauge(
+            "Battery",
+            "State of charge of the battery on the PowerStream's battery port (20_1.batSoc)",
+            targets(latest(m, [(f"{k}batSoc", "SoC")], where=dev)),
+            "percent",
+            steps=SOC_STEPS,
+        ),
+        stat(
+            "Solar now",
+            "PV1 + PV2 input power",
+            targets(
+                q(
+                    f'SELECT last("{k}pv1InputWatts") + last("{k}pv2InputWatts") AS "PV" FROM "{m}" '
+                    f'WHERE $timeFilter AND {dev} GROUP BY "name"'
+                )
+            ),
+            "watt",
+        ),
+        stat(
+            "AC output now",
+            "Inverter AC output power (to the house and the grid)",
+            targets(latest(m, [(f"{k}invOutputWatts", "AC out")], where=dev)),
+            "watt",
+        ),
+        stat(
+            "Battery now",
+            "Battery port power: positive = charging, negative = discharging",
+            targets(latest(m, [(f"{k}batInputWatts", "battery")], where=dev, scale=" * -1")),
+            "watt",
+            steps=thresholds((None, ORANGE), (0, GREEN)),
+        ),
+        stat(
+            "Custom load",
+            "The base load the inverter always supplies (setting permanentWatts)",
+            targets(latest(m, [(f"{k}permanentWatts", "custom load")], where=dev)),
+            "watt",
+            graph=False,
+        ),
+        stat(
+            "Energy today",
+            "Solar and AC output energy since midnight (browser time), integrated from "
+            "power as the sum of 1-minute means",
+            targets(
+                energy(
+                    m,
+                    [
+                        (f"{k}pv1InputWatts", "PV1"),
+                        (f"{k}pv2InputWatts", "PV2"),
+                        (f"{k}invOutputWatts", "AC out"),
+                    ],
+                    where=dev,
+                    group='"name"',
+                    per_day=False,
+                    totals=[("solar", ["PV1", "PV2"]), ("AC out", ["AC out"])],
+                )
+            ),
+            KWH,
+            graph=False,
+            decimals=2,
+            timeFrom="now/d",
+            hideTimeOverride=True,
+        ),
+        row("Solar input"),
+        timeseries(
+            "PV power",
+            "Input power of the two PV ports",
+            targets(series(m, [(f"{k}pv1InputWatts", "PV1"), (f"{k}pv2InputWatts", "PV2")], where=dev)),
+            "watt",
+            soft_min=0,
+            size=(8, 8),
+        ),
+        timeseries(
+            "PV voltage",
+            "Input voltage of the two PV ports",
+            targets(series(m, [(f"{k}pv1InputVolt", "PV1"), (f"{k}pv2InputVolt", "PV2")], where=dev)),
+            "volt",
+            soft_min=0,
+            size=(8, 8),
+        ),
+        timeseries(
+            "PV current",
+            "Input current of the two PV ports",
+            targets(series(m, [(f"{k}pv1InputCur", "PV1"), (f"{k}pv2InputCur", "PV2")], where=dev)),
+            "amp",
+            soft_min=0,
+            size=(8, 8),
+        ),
+        row("Inverter"),
+        timeseries(
+            "AC output vs custom load",
+            "Inverter AC output power and the custom load setting (permanentWatts, dashed): output "
+            "above it is smart-plug demand or solar surplus",
+            targets(
+                series(m, [(f"{k}invOutputWatts", "AC output")], where=dev),
+                series(m, [(f"{k}permanentWatts", "custom load")], where=dev, agg="last", fill="previous"),
+            ),
+            "watt",
+            soft_min=0,
+            overrides=[
+                override(
+                    "byRegexp",
+                    "/custom load$/",
+                    custom__lineStyle={"fill": "dash", "dash": [10, 10]},
+                    custom__fillOpacity=0,
+                    custom__lineInterpolation="stepAfter",
+                )
+            ],
+        ),
+        timeseries(
+            "Grid frequency",
+            "AC frequency at the inverter output",
+            targets(series(m, [(f"{k}invFreq", "frequency")], where=dev)),
+            "hertz",
+            size=(6, 8),
+        ),
+        timeseries(
+            "Grid voltage",
+            "AC voltage at the inverter output",
+            targets(series(m, [(f"{k}invOpVolt", "voltage")], where=dev)),
+            "volt",
+            size=(6, 8),
+        ),
+        row("Battery"),
+        timeseries(
+            "State of charge and limits",
+            "Battery state of charge with the charge limit (upperLimit) and discharge limit "
+            "(lowerLimit) settings, dashed",
+            targets(
+                series(m, [(f"{k}batSoc", "SoC")], where=dev),
+                series(
+                    m,
+                    [(f"{k}upperLimit", "charge limit"), (f"{k}lowerLimit", "discharge limit")],
+                    where=dev,
+                    agg="last",
+                    fill="previous",
+                ),
+            ),
+            "percent",
+            minmax=(0, 100),
+            size=(8, 8),
+            overrides=[
+                override(
+                    "byRegexp",
+                    "/limit$/",
+                    custom__lineStyle={"fill": "dash", "dash": [10, 10]},
+                    custom__fillOpacity=0,
+                    custom__lineInterpolation="stepAfter",
+                )
+            ],
+        ),
+        timeseries(
+            "Battery power",
+            "Battery port power: positive = charging, negative = discharging",
+            targets(series(m, [(f"{k}batInputWatts", "battery")], where=dev, scale=" * -1")),
+            "watt",
+            size=(8, 8),
+        ),
+        timeseries(
+            "Temperatures",
+            "Battery, LLC converter and PV converter temperatures",
+            targets(
+                series(
+                    m,
+                    [
+                        (f"{k}batTemp", "battery"),
+                        (f"{k}llcTemp", "LLC"),
+                        (f"{k}pv1Temp", "PV1"),
+                        (f"{k}pv2Temp", "PV2"),
+                    ],
+                    where=dev,
+                )
+            ),
+            "celsius",
+            size=(8, 8),
+        ),
+        row("Settings"),
+        state_timeline(
+            "Supply priority",
+            "Power supply priority setting: supply the house first, or store in the battery first",
+            targets(
+                series(m, [(f"{k}supplyPriority", "supply priority")], where=dev, agg="last", fill="previous")
+            ),
+            mappings=value_mappings(labels(product, f"{k}supplyPriority"), {"0": GREEN, "1": BLUE}),
+            steps=NEUTRAL,
+            size=(8, 6),
+        ),
+        state_timeline(
+            "Charge and discharge limits",
+            "Battery charge limit (upperLimit) and discharge limit (lowerLimit) settings",
+            targets(
+                series(
+                    m,
+                    [(f"{k}upperLimit", "charge limit"), (f"{k}lowerLimit", "discharge limit")],
+                    where=dev,
+                    agg="last",
+                    fill="previous",
+                )
+            ),
+            unit="percent",
+            steps=thresholds((None, BLUE)),
+            size=(16, 6),
+        ),
+        row("Errors"),
+        error_table(
+            product,
+            m,
+            [
+                (f"{k}invErrCode", "inverter error"),
+                (f"{k}invWarnCode", "inverter warning"),
+                (f"{k}llcErrCode", "LLC error"),
+                (f"{k}llcWarningCode", "LLC warning"),
+                (f"{k}batErrCode", "battery error"),
+                (f"{k}batWarningCode", "battery warning"),
+                (f"{k}pv1ErrCode", "PV1 error"),
+                (f"{k}pv1WarnCode", "PV1 warning"),
+                (f"{k}pv2ErrCode", "PV2 error"),
+                (f"{k}pv2WarningCode", "PV2 warning"),
+                (f"{k}wirelessErrCode", "wireless error"),
+                (f"{k}wirelessWarnCode", "wireless warning"),
+            ],
+        ),
+        row("Energy"),
+        timeseries(
+            "Energy per day",
+            "Solar energy (PV1 + PV2) and AC output energy per day, integrated from power as the sum "
+            "of 1-minute means; days start at midnight in the 'Day boundary' time zone",
+            targets(
+                energy(
+                    m,
+                    [
+                        (f"{k}pv1InputWatts", "PV1"),
+                        (f"{k}pv2InputWatts", "PV2"),
+                        (f"{k}invOutputWatts", "AC out"),
+                    ],
+                    where=dev,
+                    group='"name"',
+                    per_day=True,
+                    totals=[("solar", ["PV1", "PV2"]), ("AC out", ["AC out"])],
+                )
+            ),
+            KWH,
+            bars=True,
+            calcs=("sum", "mean"),
+            size=(24, 8),
+            timeFrom="7d",
+        ),
+    ]
+    return dashboard(
+        "ecoflow-powerstream",
+        "EcoFlow PowerStream",
+        "PowerStream micro-inverter: solar input, AC output, battery, settings, errors, energy",
+        ["powerstream"],
+        [*device_variables(m), TZ_VARIABLE],
+        items,
+    )
+
+
+# ------------------------------------------------------------------------------------- Delta Pro
+def delta_pro(product: Product) -> dict[str, Any]:
+    m = "delta_pro"
+    dev = device_filter()
+    usb = [
+        ("pd.usb1Watts", "USB-A 1"),
+        ("pd.usb2Watts", "USB-A 2"),
+        ("pd.qcUsb1Watts", "USB-A fast 1"),
+        ("pd.qcUsb2Watts", "USB-A fast 2"),
+        ("pd.typec1Watts", "USB-C 1"),
+        ("pd.typec2Watts", "USB-C 2"),
+    ]
+    items = [
+        gauge(
+            "State of charge",
+            "LCD: the combined SoC of all packs the display shows "
+            "(ems.f32LcdShowSoc); BMS: the main pack's own SoC (bmsMaster.f32ShowSoc)",
+            targets(latest(m, [("ems.f32LcdShowSoc", "LCD"), ("bmsMaster.f32ShowSoc", "BMS")], where=dev)),
+            "percent",
+            steps=SOC_STEPS,
+            size=(6, 5),
+        ),
+        stat(
+            "Input now",
+            "Total input power, all sources (pd.wattsInSum)",
+            targets(latest(m, [("pd.wattsInSum", "in")], where=dev)),
+            "watt",
+        ),
+        stat(
+            "Output now",
+            "Total output power, all ports (pd.wattsOutSum)",
+            targets(latest(m, [("pd.wattsOutSum", "out")], where=dev)),
+            "watt",
+        ),
+        stat(
+            "Remaining time",
+            "Time to full while charging, to empty while discharging (shown only when "
+            "the device reports one)",
+            targets(
+                latest(m, [("ems.chgRemainTime", "to full"), ("ems.dsgRemainTime", "to empty")], where=dev)
+            ),
+            "dtdurations",
+            graph=False,
+            size=(5, 5),
+        ),
+        stat(
+            "Energy today",
+            "Energy charged from solar and AC and discharged through AC since midnight "
+            "(browser time), from the device's cumulative counters",
+            targets(
+                q(f'''SELECT spread("pd.chgSunPower") / 1000 AS "solar in", spread("pd.chgPowerAc") / 1000
+                        AS "AC in", spread("pd.dsgPowerAc") / 1000 AS "AC out" FROM "{m}"
+                        WHERE $timeFilter AND {dev} GROUP BY "name"''')
+            ),
+            KWH,
+            graph=False,
+            decimals=2,
+            timeFrom="now/d",
+            hideTimeOverride=True,
+            size=(5, 5),
+        ),
+        row("Power"),
+        timeseries(
+            "Total input and output",
+            "Total input (pd.wattsInSum) and output (pd.wattsOutSum) power",
+            targets(series(m, [("pd.wattsInSum", "input"), ("pd.wattsOutSum", "output")], where=dev)),
+            "watt",
+            soft_min=0,
+            size=(8, 9),
+        ),
+        timeseries(
+            "Input by source",
+            "Charging power by source: AC (inverter) and solar/car (XT60 MPPT)",
+            targets(series(m, [("inv.inputWatts", "AC"), ("mppt.inWatts", "solar")], where=dev)),
+            "watt",
+            stack=True,
+            soft_min=0,
+            size=(8, 9),
+        ),
+        timeseries(
+            "Output by port",
+            "Output power by port: AC, car, 12 V DC, USB-A, USB-A fast charge, USB-C",
+            targets(
+                series(
+                    m,
+                    [
+                        ("inv.outputWatts", "AC"),
+                        ("pd.carWatts", "car"),
+                        ("mppt.dcdc12vWatts", "12 V DC"),
+                        *usb,
+                    ],
+                    where=dev,
+                )
+            ),
+            "watt",
+            stack=True,
+            soft_min=0,
+            size=(8, 9),
+        ),
+        row("Battery"),
+        timeseries(
+            "Cell voltage",
+            "Highest and lowest cell voltage of the main pack",
+            targets(
+                series(
+                    m, [("bmsMaster.maxCellVol", "max cell"), ("bmsMaster.minCellVol", "min cell")], where=dev
+                )
+            ),
+            "volt",
+            size=(8, 8),
+        ),
+        timeseries(
+            "Temperatures",
+            "Main pack cell and MOSFET temperatures, inverter and MPPT temperatures",
+            targets(
+                series(
+                    m,
+                    [
+                        ("bmsMaster.maxCellTemp", "cell max"),
+                        ("bmsMaster.minCellTemp", "cell min"),
+                        ("bmsMaster.maxMosTemp", "MOSFET max"),
+                        ("inv.outTemp", "inverter"),
+                        ("mppt.mpptTemp", "MPPT"),
+                    ],
+                    where=dev,
+                )
+            ),
+            "celsius",
+            size=(8, 8),
+        ),
+        timeseries(
+            "State of charge",
+            "LCD (all packs) and BMS (main pack) state of charge, with the charge "
+            "and discharge limits dashed",
+            targets(
+                series(m, [("ems.f32LcdShowSoc", "LCD"), ("bmsMaster.f32ShowSoc", "BMS")], where=dev),
+                series(
+                    m,
+                    [("ems.maxChargeSoc", "charge limit"), ("ems.minDsgSoc", "discharge limit")],
+                    where=dev,
+                    agg="last",
+                    fill="previous",
+                ),
+            ),
+            "percent",
+            minmax=(0, 100),
+            size=(8, 8),
+            overrides=[
+                override(
+                    "byRegexp",
+                    "/limit$/",
+                    custom__lineStyle={"fill": "dash", "dash": [10, 10]},
+                    custom__fillOpacity=0,
+                    custom__lineInterpolation="stepAfter",
+                )
+            ],
+        ),
+        row("Inverter"),
+        timeseries(
+            "Inverter power",
+            "AC charging power (inverter input) and AC output power",
+            targets(series(m, [("inv.inputWatts", "AC in"), ("inv.outputWatts", "AC out")], where=dev)),
+            "watt",
+            soft_min=0,
+            size=(8, 8),
+        ),
+        timeseries(
+            "Inverter voltage",
+            "AC input voltage and inverter output voltage",
+            targets(series(m, [("inv.acInVol", "AC in"), ("inv.invOutVol", "AC out")], where=dev)),
+            "volt",
+            size=(8, 8),
+        ),
+        timeseries(
+            "Inverter frequency",
+            "AC input and inverter output frequency",
+            targets(series(m, [("inv.acInFreq", "AC in"), ("inv.invOutFreq", "AC out")], where=dev)),
+            "hertz",
+            size=(8, 8),
+        ),
+        row("Settings and state"),
+        state_timeline(
+            "Charge and discharge limits",
+            "Charge limit (ems.maxChargeSoc) and discharge limit (ems.minDsgSoc) settings",
+            targets(
+                series(
+                    m,
+                    [("ems.maxChargeSoc", "charge limit"), ("ems.minDsgSoc", "discharge limit")],
+                    where=dev,
+                    agg="last",
+                    fill="previous",
+                )
+            ),
+            unit="percent",
+            steps=thresholds((None, BLUE)),
+            size=(8, 6),
+        ),
+        state_timeline(
+            "AC charging power setting",
+            "The AC charging power the user set (inv.cfgSlowChgWatts)",
+            targets(
+                series(m, [("inv.cfgSlowChgWatts", "AC charging")], where=dev, agg="last", fill="previous")
+            ),
+            unit="watt",
+            steps=thresholds((None, PURPLE)),
+            size=(8, 6),
+        ),
+        state_timeline(
+            "Fan",
+            "Inverter fan state",
+            targets(series(m, [("inv.fanState", "fan")], where=dev, agg="last", fill="previous")),
+            mappings=value_mappings(
+                labels(product, "inv.fanState"), {"0": GREEN, "1": YELLOW, "2": ORANGE, "3": RED}
+            ),
+            steps=NEUTRAL,
+            size=(8, 6),
+        ),
+        timeseries(
+            "Remaining time",
+            "Time to full while charging and to empty while discharging",
+            targets(
+                series(m, [("ems.chgRemainTime", "to full"), ("ems.dsgRemainTime", "to empty")], where=dev)
+            ),
+            "s",
+            soft_min=0,
+            size=(24, 6),
+        ),
+        row("Errors"),
+        error_table(
+            product,
+            m,
+            [
+                ("pd.errCode", "PD error"),
+                ("inv.errCode", "inverter error"),
+                ("mppt.faultCode", "MPPT fault"),
+                ("bmsMaster.errCode", "BMS error"),
+                ("bmsMaster.bmsFault", "BMS fault"),
+                ("bmsMaster.allErrCode", "all-pack error"),
+                ("bmsMaster.allBmsFault", "all-pack BMS fault"),
+            ],
+        ),
+        row("Energy"),
+        stat(
+            "Lifetime energy",
+            "The device's cumulative energy counters",
+            targets(
+                latest(
+                    m,
+                    [
+                        ("pd.chgSunPower", "charged from solar"),
+                        ("pd.chgPowerAc", "charged from AC"),
+                        ("pd.chgPowerDc", "charged from DC adapter"),
+                        ("pd.dsgPowerAc", "discharged via AC"),
+                        ("pd.dsgPowerDc", "discharged via DC"),
+                    ],
+                    where=dev,
+                )
+            ),
+            "watth",
+            graph=False,
+            size=(24, 4),
+            color_mode="none",
+        ),
+        timeseries(
+            "Energy per day",
+            "Energy per day from the device's cumulative counters (the day's increase); days start at "
+            "midnight in the 'Day boundary' time zone",
+            targets(
+                q(f'''SELECT spread("pd.chgSunPower") / 1000 AS "solar in", spread("pd.chgPowerAc")
+                              / 1000 AS "AC in", spread("pd.dsgPowerAc") / 1000 AS "AC out",
+                              spread("pd.dsgPowerDc")
+                              / 1000 AS "DC out" FROM "{m}" WHERE $timeFilter AND {dev}
+                              GROUP BY time(1d), "name" fill(none) tz('$tz')''')
+            ),
+            KWH,
+            bars=True,
+            calcs=("sum", "mean"),
+            size=(24, 8),
+            timeFrom="7d",
+        ),
+    ]
+    return dashboard(
+        "ecoflow-delta_pro",
+        "EcoFlow Delta Pro",
+        "Delta Pro power station: state of charge, power by port, battery cells, inverter, settings, "
+        "errors, energy",
+        ["delta_pro"],
+        [*device_variables(m), TZ_VARIABLE],
+        items,
+    )
+
+
+# ------------------------------------------------------------------------------------- fleet
+def fleet() -> dict[str, Any]:
+    s = "ecoflow_summary"
+    st = "ecoflow_status"
+    dev = device_filter("name")
+    state_map = value_mappings(
+        {"0": "offline", "1": "assumed offline", "2": "online"}, {"0": RED, "1": ORANGE, "2": GREEN}
+    )
+
+    def fleet_sum(field: str, label: str) -> str:
+        return q(f'''SELECT sum("w") AS "{label}" FROM (SELECT last("{field}") AS "w" FROM "{s}"
+                 WHERE $timeFilter AND {dev} GROUP BY "sn")''')
+
+    devices_table = table(
+        "Devices",
+        "Every device: online state, state of charge, power now and when it last reported. Click a name "
+        "to open its product dashboard.",
+        targets(
+            q(f'''SELECT last("soc_percent") AS "SoC", last("input_w") AS "input",
+               last("output_w") AS "output",
+               last("pv_input_w") AS "solar", last("battery_w") AS "battery" FROM "{s}"
+               WHERE $timeFilter AND {dev} GROUP BY "name", "product"'''),
+            q(f'SELECT last("state") AS "state" FROM "{st}" WHERE $timeFilter AND {dev} GROUP BY "name"'),
+            q(f'SELECT last("soc_percent") AS "seen" FROM "{s}" WHERE $timeFilter AND {dev} GROUP BY "name"'),
+            table=True,
+        ),
+        size=(24, 8),
+        transformations=[
+            # the last report's time becomes a column; the other queries' times go
+            {
+                "id": "organize",
+                "filter": {"id": "byRefId", "options": "C"},
+                "options": {
+                    "excludeByName": {"seen": True},
+                    "renameByName": {"Time": "last seen"},
+                    "indexByName": {},
+                },
+            },
+            {
+                "id": "organize",
+                "options": {"excludeByName": {"Time": True}, "renameByName": {}, "indexByName": {}},
+            },
+            {"id": "merge", "options": {}},
+            {
+                "id": "organize",
+                "options": {
+                    "excludeByName": {},
+                    "indexByName": {
+                        "name": 0,
+                        "product": 1,
+                        "state": 2,
+                        "SoC": 3,
+                        "solar": 4,
+                        "input": 5,
+                        "output": 6,
+                        "battery": 7,
+                        "last seen": 8,
+                    },
+                    "renameByName": {"name": "device"},
+                },
+            },
+        ],
+        overrides=[
+            override(
+                "byName",
+                "device",
+                links=[
+                    {
+                        "title": "Open the device dashboard",
+                        "url": "/d/ecoflow-${__data.fields.product}"
+                        "?var-name=${__value.raw}&${__url_time_range}",
+                        "targetBlank": False,
+                    }
+                ],
+            ),
+            override(
+                "byName",
+                "state",
+                mappings=state_map,
+                custom__cellOptions={"type": "color-background"},
+                thresholds=thresholds((None, GREY)),
+            ),
+            override(
+                "byName",
+                "SoC",
+                unit="percent",
+                min=0,
+                max=100,
+                thresholds=SOC_STEPS,
+                custom__cellOptions={"type": "gauge", "mode": "basic", "valueDisplayMode": "text"},
+            ),
+            override("byRegexp", "/^(solar|input|output|battery)$/", unit="watt", decimals=0),
+            override("byName", "last seen", unit="dateTimeFromNow"),
+        ],
+    )
+    items = [
+        stat(
+            "Devices online",
+            "Devices whose last status is online, and all devices",
+            targets(
+                q(f'''SELECT sum("online") AS "online" FROM (SELECT last("online") AS "online" FROM "{st}"
+                    WHERE $timeFilter AND {dev} GROUP BY "sn")'''),
+                q(f'''SELECT count("online") AS "devices" FROM (SELECT last("online") AS "online" FROM "{st}"
+                    WHERE $timeFilter AND {dev} GROUP BY "sn")'''),
+                alias="$col",
+            ),
+            "none",
+            graph=False,
+            decimals=0,
+            size=(4, 5),
+            overrides=[override("byRegexp", "/online/", thresholds=thresholds((None, RED), (1, GREEN)))],
+        ),
+        stat(
+            "Solar now",
+            "Solar input of all devices, now",
+            targets(fleet_sum("pv_input_w", "solar"), alias="$col"),
+            "watt",
+            graph=False,
+            size=(4, 5),
+        ),
+        stat(
+            "Input now",
+            "Input power of all devices, now",
+            targets(fleet_sum("input_w", "input"), alias="$col"),
+            "watt",
+            graph=False,
+            size=(4, 5),
+        ),
+        stat(
+            "Output now",
+            "Output power of all devices, now",
+            targets(fleet_sum("output_w", "output"), alias="$col"),
+            "watt",
+            graph=False,
+            size=(4, 5),
+        ),
+        stat(
+            "Energy today",
+            "Solar and output energy of all devices since midnight (browser time), "
+            "integrated from power as the sum of 1-minute means",
+            targets(
+                q(f'''SELECT sum("solar") / 60000 AS "solar", sum("output") / 60000 AS "output" FROM
+                        (SELECT mean("pv_input_w") AS "solar", mean("output_w") AS "output" FROM "{s}"
+                        WHERE $timeFilter AND {dev} GROUP BY time(1m), "sn" fill(previous))
+                        WHERE $timeFilter'''),
+                alias="$col",
+            ),
+            KWH,
+            graph=False,
+            decimals=2,
+            timeFrom="now/d",
+            hideTimeOverride=True,
+            size=(8, 5),
+        ),
+        devices_table,
+        state_timeline(
+            "Online",
+            "Online state of every device: online, assumed offline (silent longer than "
+            "offline_after_s), offline",
+            [
+                target(
+                    series(st, [("state", "state")], where=dev, agg="last", fill="previous"),
+                    "A",
+                    alias="$tag_name",
+                )
+            ],
+            mappings=state_map,
+            steps=thresholds((None, GREY)),
+            size=(24, 6),
+        ),
+        bargauge(
+            "State of charge",
+            "State of charge of every device",
+            [target(latest(s, [("soc_percent", "SoC")], where=dev), "A", alias="$tag_name")],
+            "percent",
+            steps=SOC_STEPS,
+            minmax=(0, 100),
+            size=(8, 8),
+        ),
+        bargauge(
+            "Energy today by device",
+            "Output energy of each device since midnight (browser time)",
+            [
+                target(
+                    energy(s, [("output_w", "output")], where=dev, group='"name"', per_day=False),
+                    "A",
+                    alias="$tag_name",
+                )
+            ],
+            KWH,
+            size=(8, 8),
+            timeFrom="now/d",
+            hideTimeOverride=True,
+            defaults={"decimals": 2, "color": {"mode": "continuous-BlPu"}},
+        ),
+        timeseries(
+            "State of charge over time",
+            "State of charge of every device",
+            [target(series(s, [("soc_percent", "SoC")], where=dev), "A", alias="$tag_name")],
+            "percent",
+            minmax=(0, 100),
+            size=(8, 8),
+        ),
+        timeseries(
+            "Output power",
+            "Output power of every device",
+            [target(series(s, [("output_w", "output")], where=dev), "A", alias="$tag_name")],
+            "watt",
+            soft_min=0,
+            size=(8, 8),
+        ),
+        timeseries(
+            "Solar input",
+            "Solar input of every device",
+            [target(series(s, [("pv_input_w", "solar")], where=dev), "A", alias="$tag_name")],
+            "watt",
+            soft_min=0,
+            size=(8, 8),
+        ),
+        timeseries(
+            "Battery power",
+            "Battery power of every device: positive = charging",
+            [target(series(s, [("battery_w", "battery")], where=dev), "A", alias="$tag_name")],
+            "watt",
+            size=(8, 8),
+        ),
+    ]
+    variables = [
+        query_variable(
+            "product",
+            "Product",
+            f'SHOW TAG VALUES FROM "{s}" WITH KEY = "product"',
+            description="Product slugs (powerstream, delta_pro, ...)",
+        ),
+        query_variable(
+            "name",
+            "Device",
+            f'SHOW TAG VALUES FROM "{s}" WITH KEY = "name" WHERE {device_filter("product")}',
+            description="Device names",
+        ),
+    ]
+    return dashboard(
+        "ecoflow-fleet",
+        "EcoFlow fleet overview",
+        "Every device in one view: online state, state of charge, power, last report, energy today",
+        ["fleet"],
+        variables,
+        items,
+        time_from="now-6h",
+    )
+
+
+# ------------------------------------------------------------------------------------- collector
+def collector_health() -> dict[str, Any]:
+    c = "ecoflow_collector"
+    inst = device_filter("instance")
+
+    def rate(columns: Sequence[tuple[str, str]], per: str = "1s") -> str:
+        select = ", ".join(
+            f'non_negative_derivative(max("{field}"), {per}) AS "{label}"' for field, label in columns
+        )
+        return q(f'''SELECT {select} FROM "{c}" WHERE $timeFilter AND {inst}
+                  GROUP BY time($__interval), "instance" fill(none)''')
+
+    def gauge_series(columns: Sequence[tuple[str, str]]) -> str:
+        select = ", ".join(f'last("{field}") AS "{label}"' for field, label in columns)
+        return q(f'''SELECT {select} FROM "{c}" WHERE $timeFilter AND {inst}
+                  GROUP BY time($__interval), "instance" fill(previous)''')
+
+    def now(field: str, label: str, scale: str = "") -> str:
+        return q(
+            f'SELECT last("{field}"){scale} AS "{label}" FROM "{c}" WHERE $timeFilter AND {inst} '
+            f'GROUP BY "instance"'
+        )
+
+    connected = value_mappings({"0": "disconnected", "1": "connected"}, {"0": RED, "1": GREEN})
+    alias = "$col"
+    items = [
+        stat(
+            "MQTT",
+            "Whether the collector's MQTT session is connected",
+            targets((now("mqtt_connected", "MQTT"), alias)),
+            "none",
+            graph=False,
+            defaults={"mappings": connected},
+            steps=thresholds((None, RED), (1, GREEN)),
+            color_mode="background",
+        ),
+        stat(
+            "Devices online",
+            "Devices online / devices known",
+            targets((now("devices_online", "online"), alias), (now("devices", "devices"), alias)),
+            "none",
+            graph=False,
+            decimals=0,
+        ),
+        stat(
+            "Messages now",
+            "MQTT quota messages per second (last interval)",
+            targets((rate([("messages_quota", "messages")]), alias)),
+            "cps",
+            decimals=2,
+        ),
+        stat(
+            "Spool",
+            "Batches waiting in the on-disk spool (InfluxDB unreachable or failing)",
+            targets((now("spool_depth", "batches"), alias)),
+            "none",
+            decimals=0,
+            steps=thresholds((None, GREEN), (1, ORANGE), (100, RED)),
+        ),
+        stat(
+            "Write errors",
+            "Failed InfluxDB write requests since the collector started (the batches went to the spool "
+            "and are replayed; see Write problems below)",
+            targets((now("write_errors", "write errors"), alias)),
+            "none",
+            graph=False,
+            decimals=0,
+            steps=thresholds((None, GREEN), (1, ORANGE)),
+        ),
+        stat(
+            "Last write",
+            "When InfluxDB last accepted a batch",
+            targets((now("last_success_time", "last write", scale=" * 1000"), alias)),
+            "dateTimeFromNow",
+            graph=False,
+        ),
+        row("Traffic"),
+        timeseries(
+            "Messages per second",
+            "MQTT messages received per second, by topic, and rejected payloads",
+            targets(
+                (
+                    rate(
+                        [
+                            ("messages_quota", "quota"),
+                            ("messages_status", "status"),
+                            ("messages_set_reply", "set_reply"),
+                            ("messages_rejected", "rejected"),
+                        ]
+                    ),
+                    "$tag_instance $col",
+                )
+            ),
+            "cps",
+            size=(12, 8),
+            soft_min=0,
+        ),
+        timeseries(
+            "Points written per second",
+            "Points InfluxDB accepted per second",
+            targets((rate([("points_written", "points")]), "$tag_instance $col")),
+            "cps",
+            size=(12, 8),
+            soft_min=0,
+        ),
+        row("Problems"),
+        timeseries(
+            "Write problems per minute",
+            "Failed InfluxDB write requests; points that went to the spool, were set aside as rejected "
+            "(400/422) or were dropped (spool full); HTTP errors talking to EcoFlow",
+            targets(
+                (
+                    rate(
+                        [
+                            ("write_errors", "failed writes"),
+                            ("points_spooled", "spooled"),
+                            ("points_rejected", "rejected"),
+                            ("points_dropped", "dropped"),
+                            ("http_errors", "EcoFlow HTTP errors"),
+                        ],
+                        per="1m",
+                    ),
+                    "$tag_instance $col",
+                )
+            ),
+            "cpm",
+            size=(12, 8),
+            soft_min=0,
+        ),
+        timeseries(
+            "Spool depth",
+            "What waits in the on-disk spool for InfluxDB",
+            targets(
+                (
+                    gauge_series([("spool_depth", "batches"), ("spool_points", "points")]),
+                    "$tag_instance $col",
+                ),
+                (gauge_series([("spool_bytes", "bytes")]), "$tag_instance $col"),
+            ),
+            "none",
+            size=(12, 8),
+            soft_min=0,
+            overrides=[override("byRegexp", "/bytes$/", unit="decbytes", custom__axisPlacement="right")],
+        ),
+        row("Connections and polls"),
+        state_timeline(
+            "MQTT connected",
+            "MQTT session state over time",
+            targets((gauge_series([("mqtt_connected", "MQTT")]), "$tag_instance $col")),
+            mappings=connected,
+            steps=thresholds((None, RED), (1, GREEN)),
+            size=(12, 6),
+        ),
+        timeseries(
+            "Fallback polls and reconnects per minute",
+            "HTTP quota/all polls made because MQTT was down or a device's data was stale, and MQTT "
+            "(re)connects",
+            targets(
+                (
+                    rate(
+                        [("fallback_polls", "fallback polls"), ("mqtt_connects", "MQTT connects")], per="1m"
+                    ),
+                    "$tag_instance $col",
+                )
+            ),
+            "cpm",
+            size=(12, 6),
+            soft_min=0,
+        ),
+        timeseries(
+            "Devices",
+            "Devices known and online",
+            targets(
+                (gauge_series([("devices", "known"), ("devices_online", "online")]), "$tag_instance $col")
+            ),
+            "none",
+            size=(24, 6),
+            soft_min=0,
+            step=True,
+        ),
+    ]
+    variables = [
+        query_variable(
+            "instance",
+            "Instance",
+            f'SHOW TAG VALUES FROM "{c}" WITH KEY = "instance"',
+            description="Collector instances (their MQTT client ids)",
+        )
+    ]
+    return dashboard(
+        "ecoflow-collector",
+        "EcoFlow collector health",
+        "The collector itself: MQTT, messages, InfluxDB writes, spool, fallback polls, devices online",
+        ["collector"],
+        variables,
+        items,
+        time_from="now-6h",
+    )
+
+
+# ------------------------------------------------------------------------------------- files
+def build() -> dict[str, dict[str, Any]]:
+    catalog = default_catalog()
+    return {
+        "powerstream.json": powerstream(catalog.products["powerstream"]),
+        "delta_pro.json": delta_pro(catalog.products["delta_pro"]),
+        "fleet.json": fleet(),
+        "collector.json": collector_health(),
+    }
+
+
+def render(board: dict[str, Any]) -> str:
+    return json.dumps(board, indent=2, ensure_ascii=False) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--check", action="store_true", help="only compare; exit 1 when a file is stale")
+    args = parser.parse_args(argv)
+    stale = []
+    for name, board in build().items():
+        path = DASHBOARDS / name
+        text = render(board)
+        current = path.read_text(encoding="utf-8") if path.exists() else None
+        if current != text:
+            stale.append(name)
+            if not args.check:
+                DASHBOARDS.mkdir(parents=True, exist_ok=True)
+                path.write_text(text, encoding="utf-8")
+    if args.check and stale:
+        print(f"stale: {', '.join(stale)} (run python3 grafana/build.py)", file=sys.stderr)
+        return 1
+    print(("stale: " if args.check else "written: ") + (", ".join(stale) or "none"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
