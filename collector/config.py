@@ -162,10 +162,29 @@ class Settings(BaseSettings):
         return (env_settings, init_settings)
 
 
-def _describe(exc: ValidationError) -> str:
-    # loc and msg only: pydantic's `input` could hold a secret
+class _ValuesOnly(Settings):
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+def settings_from_values(data: dict[str, Any]) -> Settings:
+    """Settings from these values alone, whatever the environment says: for the demo (which
+    must never write simulated devices into the InfluxDB a production config points at)."""
+    return _ValuesOnly(**data)
+
+
+def describe_errors(exc: ValidationError, whole: str = "(top level)") -> str:
+    """`key.path: reason; ...`: location and message only, since pydantic's `input` may be a secret."""
     return "; ".join(
-        f"{'.'.join(str(part) for part in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
+        f"{'.'.join(str(part) for part in err['loc']) or whole}: {err['msg']}" for err in exc.errors()
     )
 
 
@@ -191,7 +210,7 @@ def load_settings(path: Path | None) -> Settings:
     except ValidationError as exc:
         env_keys = sorted(k for k in os.environ if k.upper().startswith(ENV_PREFIX))
         hint = f" (environment overrides in effect: {', '.join(env_keys)})" if env_keys else ""
-        raise ConfigError(f"config {source}: {_describe(exc)}{hint}") from None
+        raise ConfigError(f"config {source}: {describe_errors(exc)}{hint}") from None
     seen: set[str] = set()
     for device in settings.devices:
         if device.sn in seen:

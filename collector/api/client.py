@@ -43,7 +43,7 @@ from collector.api.errors import (
 )
 from collector.api.models import QUOTA_VALUES, Certification, DeviceInfo, Envelope, QuotaValues
 from collector.api.signing import Signer
-from collector.config import REGIONS, ConfigError, EcoflowSection
+from collector.config import REGIONS, ConfigError, EcoflowSection, describe_errors
 
 log = structlog.get_logger("collector.api")
 
@@ -228,21 +228,19 @@ class EcoflowClient:
     @classmethod
     def from_settings(cls, section: EcoflowSection, **kwargs: Any) -> Self:
         """A client for the `[ecoflow]` config section; ConfigError names the keys when any is missing."""
-        if section.access_key is None or section.secret_key is None:
-            missing = [name for name in ("access_key", "secret_key") if getattr(section, name) is None]
+        access_key = section.access_key.get_secret_value() if section.access_key else ""
+        secret_key = section.secret_key.get_secret_value() if section.secret_key else ""
+        if not access_key or not secret_key:  # an empty value is as good as none
+            missing = [
+                name for name, value in (("access_key", access_key), ("secret_key", secret_key)) if not value
+            ]
             envs = " and ".join(f"ECOFLOW_COLLECTOR_ECOFLOW__{name.upper()}" for name in missing)
             raise ConfigError(
                 f"no EcoFlow {' and '.join(missing)}: set [ecoflow] {' and '.join(missing)} in the config "
                 f"file or the environment variable{'s' if len(missing) > 1 else ''} {envs} "
                 "(keys from the EcoFlow developer portal)"
             )
-        return cls(
-            section.api_url,
-            section.access_key.get_secret_value(),
-            section.secret_key.get_secret_value(),
-            section.timeout_s,
-            **kwargs,
-        )
+        return cls(section.api_url, access_key, secret_key, section.timeout_s, **kwargs)
 
     # --- endpoints -----------------------------------------------------------------------------
 
@@ -251,14 +249,18 @@ class EcoflowClient:
         try:
             return Certification.model_validate(data)
         except ValidationError as exc:
-            raise ResponseError(f"{CERTIFICATION_PATH}: unexpected data: {_problems(exc)}") from None
+            raise ResponseError(
+                f"{CERTIFICATION_PATH}: unexpected data: {describe_errors(exc, 'data')}"
+            ) from None
 
     def device_list(self) -> list[DeviceInfo]:
         data = self._call("GET", DEVICE_LIST_PATH).data
         try:
             return _DEVICE_LIST.validate_python([] if data is None else data)
         except ValidationError as exc:
-            raise ResponseError(f"{DEVICE_LIST_PATH}: unexpected data: {_problems(exc)}") from None
+            raise ResponseError(
+                f"{DEVICE_LIST_PATH}: unexpected data: {describe_errors(exc, 'data')}"
+            ) from None
 
     def quota_all(self, sn: str) -> QuotaValues:
         """Every quota of a device; `{}` when the cloud answers without data."""
@@ -397,7 +399,9 @@ class EcoflowClient:
             log.info("api.request", **fields, retry=retry)
             raise _Retryable(f"HTTP {status}", _retry_after(response.headers.get("Retry-After")))
         envelope = _envelope(response.data)
-        log.info("api.request", **fields, code=envelope.code if envelope else None, retry=retry)
+        code = envelope.code if envelope else None
+        # one line per call at fleet scale: successes at debug, anything else at info
+        (log.debug if code == "0" else log.info)("api.request", **fields, code=code, retry=retry)
         what = f"EcoFlow API {request.method} {request.path}: HTTP {status}"
         if 200 <= status < 300:
             if envelope is None:
@@ -425,10 +429,3 @@ def _envelope(data: bytes) -> Envelope | None:
         return Envelope.model_validate_json(data)
     except ValidationError:
         return None
-
-
-def _problems(exc: ValidationError) -> str:
-    # loc and msg only: the input may hold the MQTT password
-    return "; ".join(
-        f"{'.'.join(str(p) for p in err['loc']) or 'data'}: {err['msg']}" for err in exc.errors()
-    )

@@ -24,6 +24,7 @@ from collector.catalog.model import (
     Setting,
 )
 from collector.catalog.units import DEVICE_UNITS
+from collector.config import describe_errors
 
 __all__ = [
     "Catalog",
@@ -119,8 +120,7 @@ def load_product_file(path: Path) -> Product:
     try:
         data = ProductFile.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
-        raise CatalogError(f"{path}: {problems}") from exc
+        raise CatalogError(f"{path}: {describe_errors(exc)}") from exc
     if data.product.slug != path.stem:
         raise CatalogError(f"{path}: product.slug {data.product.slug!r} must match the file name")
     return _compile(path, data)

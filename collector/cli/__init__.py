@@ -21,6 +21,14 @@ COMMAND_MODULES = (
 )
 
 
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Columns padded to their widest cell; the last runs to the end of the line."""
+    widths = [max([len(header[i])] + [len(row[i]) for row in rows]) for i in range(len(header))]
+    widths[-1] = 0
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join(fmt.format(*row).rstrip() for row in [list(header), *rows])
+
+
 class UsageError(Exception):
     """A command was called with values it cannot use; exit status 2."""
 

@@ -11,7 +11,7 @@ import argparse
 import functools
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from collector.api.commands import SetRequest, build_set_request, settings_table
 from collector.api.errors import ApiError, ResponseError, SettingValueError
 from collector.api.models import DeviceInfo, QuotaValues
 from collector.catalog import Catalog, FieldSpec, Product, default_catalog
-from collector.cli import UsageError
+from collector.cli import UsageError, table
 from collector.config import Settings, load_settings
 from collector.decoding import PayloadError, Scalar, flatten
 from collector.normalize import KeyReporter, normalize_values
@@ -173,13 +173,6 @@ def quota_records(product: Product | None, slug: str, data: QuotaValues) -> list
     return records
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max([len(header[i])] + [len(row[i]) for row in rows]) for i in range(len(header))]
-    widths[-1] = 0  # the last column runs to the end of the line
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join(fmt.format(*row).rstrip() for row in [list(header), *rows])
-
-
 def _quota_table(records: list[dict[str, Any]]) -> str:
     rows = []
     for record in records:
@@ -187,7 +180,7 @@ def _quota_table(records: list[dict[str, Any]]) -> str:
         shown = "n/a" if value is None else value if isinstance(value, str) else _number(value)
         meaning = record["meaning"] or ("" if record["known"] else "(not in the catalog)")
         rows.append([record["key"], shown, record["unit"], meaning])
-    return _table(["key", "value", "unit", "meaning"], rows)
+    return table(["key", "value", "unit", "meaning"], rows)
 
 
 def _print_json(data: Any) -> None:
@@ -224,7 +217,7 @@ def run_devices(args: argparse.Namespace) -> int:
         _print_json(records)
     elif records:
         rows = [[r["sn"], r["name"], r["product"], "yes" if r["online"] else "no"] for r in records]
-        print(_table(["sn", "name", "product", "online"], rows))
+        print(table(["sn", "name", "product", "online"], rows))
     else:
         print("the account has no devices")
     return 0
@@ -310,5 +303,5 @@ def run_settings(args: argparse.Namespace) -> int:
         _print_json(records)
         return 0
     columns = ("product", "setting", "allowed", "command", "param", "description")
-    print(_table(columns, [[str(record[c]) for c in columns] for record in records]))
+    print(table(columns, [[str(record[c]) for c in columns] for record in records]))
     return 0

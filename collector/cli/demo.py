@@ -22,7 +22,7 @@ from typing import Any
 from collector.api.client import EcoflowClient
 from collector.catalog import default_catalog
 from collector.cli import UsageError
-from collector.config import Settings
+from collector.config import settings_from_values
 from collector.daemon import Collector
 from collector.simulator.clock import ScaledClock, wall_clock
 from collector.simulator.server import LocalCloud
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         sink: Sink
         if url is not None:
             settings_data["influxdb"] = {"url": url, "token": token, "bucket": args.bucket}
-            settings = Settings(**settings_data)
+            settings = settings_from_values(settings_data)
             problem = InfluxWriter.probe(settings, 5.0)
             if problem is None:
                 sink = InfluxWriter.from_settings(settings)
@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"InfluxDB at {url} is not usable ({problem}); writing a line-protocol file instead")
                 url = None
         if url is None:
-            settings = Settings(**settings_data)
+            settings = settings_from_values(settings_data)
             line_file = state / "points.lp"
             sink = LineFileSink(line_file)
             where = f"the line-protocol file {line_file}"

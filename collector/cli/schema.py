@@ -7,7 +7,8 @@ import json
 from typing import Any
 
 from collector.catalog import Catalog, FieldSpec, Product, default_catalog
-from collector.cli import UsageError
+from collector.catalog.model import SUMMARY_FIELDS
+from collector.cli import UsageError, table
 
 
 def register(commands: Any) -> None:
@@ -56,7 +57,7 @@ def schema_records(catalog: Catalog, only: str | None = None) -> list[dict[str, 
 
 def summary_markdown(catalog: Catalog) -> str:
     """The per-product mapping of the `ecoflow_summary` fields, as a Markdown table (docs/schema.md)."""
-    names = ("soc_percent", "input_w", "output_w", "pv_input_w", "battery_w")
+    names = SUMMARY_FIELDS
     lines = ["| product | " + " | ".join(f"`{n}`" for n in names) + " |", "|---" * (len(names) + 1) + "|"]
     for slug, product in sorted(catalog.products.items()):
         cells = []
@@ -70,11 +71,7 @@ def summary_markdown(catalog: Catalog) -> str:
 
 def _table(records: list[dict[str, Any]]) -> str:
     columns = ("measurement", "field", "unit", "sent_unit", "factor", "kind", "description")
-    rows = [[str(r[c]) for c in columns] for r in records]
-    widths = [max([len(c)] + [len(row[i]) for row in rows]) for i, c in enumerate(columns)]
-    widths[-1] = 0  # the description runs to the end of the line
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join(fmt.format(*row).rstrip() for row in [list(columns), *rows])
+    return table(columns, [[str(r[c]) for c in columns] for r in records])
 
 
 def run(args: argparse.Namespace) -> int:
