@@ -12,7 +12,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -159,20 +159,13 @@ class Settings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # the file's values come in as init arguments; the environment overrides them
-        return (env_settings, init_settings)
+        return (env_settings, init_settings) if cls.use_environment else (init_settings,)
+
+    use_environment: ClassVar[bool] = True
 
 
 class _ValuesOnly(Settings):
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)
+    use_environment: ClassVar[bool] = False
 
 
 def settings_from_values(data: dict[str, Any]) -> Settings:
