@@ -105,9 +105,13 @@ def run(args: argparse.Namespace) -> int:
                 url, where = server.url, f"a private InfluxDB 1.6 the demo started ({server.url})"
             except ServerNotInstalledError:
                 url = None
-        settings_data: dict[str, Any] = {
-            **cloud.collector_settings(),
-            "collector": {"state_dir": str(state / "collector"), "stale_after_s": 30, "offline_after_s": 120},
+        settings_data: dict[str, Any] = cloud.collector_settings()
+        # a demo's devices report every few seconds: short timings show the fallback at work
+        settings_data["mqtt"] = {**settings_data.get("mqtt", {}), "watchdog_s": 60}
+        settings_data["collector"] = {
+            "state_dir": str(state / "collector"),
+            "stale_after_s": 30,
+            "offline_after_s": 120,
         }
         sink: Sink
         if url is not None:
