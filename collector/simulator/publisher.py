@@ -220,19 +220,7 @@ class Publisher:
         self._send(device, "quota", self._report_payload(device, values), tuple(values), wait=wait)
 
     def _report_payload(self, device: SimDevice, values: dict[str, Any]) -> dict[str, Any]:
-        if device.report_cmd is None:
-            return {
-                "id": self._rng.randrange(100_000_000, 1_000_000_000),
-                "version": "1.0",
-                "timestamp": int(self.clock() * 1000),
-                "params": wire_values(device, values),
-            }
-        func, cmd = device.report_cmd
-        strip = len(f"{func}_{cmd}.")
-        body = wire_values(device, {key[strip:]: value for key, value in values.items()})
-        if self._rng.random() < self.new_shape_share:
-            return {"cmdId": cmd, "cmdFunc": func, "addr": "iot", "params": body}
-        return {"cmdId": cmd, "cmdFunc": func, "param": body}
+        return report_payload(device, values, self._rng, self.clock, self.new_shape_share)
 
     def publish_status(self, device: SimDevice) -> None:
         """The `/status` message for the device's current online flag."""
@@ -358,6 +346,30 @@ class Publisher:
             "code": "0",
             "data": {"cmdSet": params.get("cmdSet"), "id": params.get("id"), "ack": ack},
         }
+
+
+def report_payload(
+    device: SimDevice,
+    values: dict[str, Any],
+    rng: random.Random,
+    clock: Clock = wall_clock,
+    new_shape_share: float = 0.3,
+) -> dict[str, Any]:
+    """The MQTT quota report a device sends for `values` (catalog key space), in its product's
+    envelope; the values' keys are the envelope's last member (load generators rely on that)."""
+    if device.report_cmd is None:
+        return {
+            "id": rng.randrange(100_000_000, 1_000_000_000),
+            "version": "1.0",
+            "timestamp": int(clock() * 1000),
+            "params": wire_values(device, values),
+        }
+    func, cmd = device.report_cmd
+    strip = len(f"{func}_{cmd}.")
+    body = wire_values(device, {key[strip:]: value for key, value in values.items()})
+    if rng.random() < new_shape_share:
+        return {"cmdId": cmd, "cmdFunc": func, "addr": "iot", "params": body}
+    return {"cmdId": cmd, "cmdFunc": func, "param": body}
 
 
 def _cycle(devices: list[SimDevice]) -> Iterator[SimDevice]:

@@ -1,8 +1,9 @@
 """The InfluxDB sink: batches points, writes them with influxdb-client, spools what cannot be written.
 
-Points go into a bounded in-memory queue (:meth:`InfluxWriter.submit` never blocks on the network).
-One writer thread cuts the queue into batches of ``batch_size`` points, or whatever has waited
-``flush_interval_s``, and writes each with one synchronous, gzip'ed request (precision ms).
+Points go into a bounded in-memory queue (:meth:`InfluxWriter.submit` never blocks on the network;
+bounded in points and in bytes). One writer thread cuts the queue into batches of ``batch_size``
+points (at most 4 MiB), or whatever has waited ``flush_interval_s``, and writes each with one
+synchronous request (precision ms; gzip'ed unless ``[influxdb] gzip = false``).
 
 While everything works, the spool on disk is not touched. When a write fails for a reason that
 time or the user can fix, the batch goes to the spool and the writer is in *replay mode* for as
@@ -38,7 +39,8 @@ A 400/422 from InfluxDB 1.x/2.x is usually a *partial* write: the other points o
 stored; the file in ``rejected/`` keeps the whole batch (with the reason as a ``#`` comment line)
 so the user can fix and re-import it. ``rejected/`` is bounded: the oldest files go first.
 
-When the in-memory queue is full (the writer is stuck in a long request), :meth:`submit` spills
+When the in-memory queue is full (the writer is stuck in a long request, or slower than the data
+comes), :meth:`submit` spills
 the queue, and the batch in flight, to the spool rather than drop anything; points are dropped
 (and counted) only if the spool cannot take them. :meth:`InfluxWriter.close` writes what is
 pending to InfluxDB or, if that does not succeed within its timeout, to the spool.
@@ -76,6 +78,11 @@ __all__ = ["ErrorClass", "InfluxWriter", "WriteFailure", "classify", "parse_retr
 
 log = structlog.get_logger("collector.influx")
 
+# Bounds by size besides points: a fleet's full reports are ~10 kB of line protocol each. A batch
+# stops at _BATCH_MAX_BYTES (a request InfluxDB finishes well within its timeout, and under common
+# proxy body limits); past _QUEUE_MAX_BYTES in memory, the queue goes to the spool (as when full).
+_BATCH_MAX_BYTES: Final = 4 * 1024 * 1024
+_QUEUE_MAX_BYTES: Final = 32 * 1024 * 1024
 _TICK_S: Final = 1.0  # the writer loop wakes at least this often, which is what stuck() watches
 _RETRY_AFTER_CAP_S: Final = 900.0  # a sane bound on whatever a server or proxy asks for
 _REASON_CHARS: Final = 500
@@ -226,6 +233,8 @@ class InfluxWriter:
         collector: CollectorSection,
         *,
         queue_max_points: int | None = None,
+        queue_max_bytes: int = _QUEUE_MAX_BYTES,
+        batch_max_bytes: int = _BATCH_MAX_BYTES,
         retry_initial_s: float = 1.0,
         retry_max_s: float = 60.0,
         stuck_after_s: float | None = None,
@@ -237,6 +246,8 @@ class InfluxWriter:
         self._batch_size = influx.batch_size
         self._flush_interval_s = influx.flush_interval_s
         self._queue_max = queue_max_points or max(10 * influx.batch_size, 50_000)
+        self._queue_max_bytes = queue_max_bytes
+        self._batch_max_bytes = batch_max_bytes
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
         # a healthy writer finishes any request within timeout_s (a total limit) and then ticks
@@ -247,7 +258,7 @@ class InfluxWriter:
             token=influx.token.get_secret_value(),
             org=influx.org,
             timeout=int(influx.timeout_s * 1000),
-            enable_gzip=True,
+            enable_gzip=influx.gzip,
         )
         self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
         try:
@@ -260,6 +271,7 @@ class InfluxWriter:
 
         self._cond = threading.Condition()
         self._queue: deque[str] = deque()
+        self._queue_bytes = 0  # characters of line protocol in the queue (ASCII: bytes)
         self._queue_since = 0.0  # monotonic time the oldest queued point arrived
         self._inflight: _Inflight | None = None
         self._flush_requested = False
@@ -333,6 +345,7 @@ class InfluxWriter:
         lines = [point.to_line() for point in points if point.fields]
         if not lines:
             return
+        size = sum(map(len, lines))
         with self._cond:
             if self._closed:
                 self._points_dropped += len(lines)
@@ -341,11 +354,16 @@ class InfluxWriter:
                     log.warning("influx.submit_after_close", points=len(lines))
                 return
             self._submitted += len(lines)
-            if len(self._queue) + len(lines) > self._queue_max:
+            if (
+                len(self._queue) + len(lines) > self._queue_max
+                or self._queue_bytes + size > self._queue_max_bytes
+            ):
                 log.warning(
                     "influx.queue_full_spilled",
                     points=len(self._queue) + len(lines),
                     queue_max_points=self._queue_max,
+                    bytes=self._queue_bytes + size,
+                    queue_max_bytes=self._queue_max_bytes,
                 )
                 self._spill_locked(lines)
                 return
@@ -353,7 +371,8 @@ class InfluxWriter:
                 self._queue_since = time.monotonic()
                 self._cond.notify_all()
             self._queue.extend(lines)
-            if len(self._queue) >= self._batch_size:
+            self._queue_bytes += size
+            if len(self._queue) >= self._batch_size or self._queue_bytes >= self._batch_max_bytes:
                 self._cond.notify_all()
 
     def flush(self, timeout: float = 5.0) -> bool:
@@ -498,6 +517,7 @@ class InfluxWriter:
     def _batch_due_locked(self, now: float) -> bool:
         return bool(self._queue) and (
             len(self._queue) >= self._batch_size
+            or self._queue_bytes >= self._batch_max_bytes
             or self._flush_requested
             or self._closing
             or now - self._queue_since >= self._flush_interval_s
@@ -513,7 +533,13 @@ class InfluxWriter:
 
     def _take_lines_locked(self) -> list[str]:
         count = min(self._batch_size, len(self._queue))
-        lines = [self._queue.popleft() for _ in range(count)]
+        lines: list[str] = []
+        size = 0
+        while len(lines) < count and (not lines or size + len(self._queue[0]) <= self._batch_max_bytes):
+            line = self._queue.popleft()
+            lines.append(line)
+            size += len(line)
+        self._queue_bytes = self._queue_bytes - size if self._queue else 0
         if self._queue:
             # the rest waits for a full batch or its own flush interval
             self._queue_since = time.monotonic()
@@ -540,6 +566,7 @@ class InfluxWriter:
             inflight.spilled = True
             self._spool_locked(inflight.payload, inflight.points)
         self._queue.extend(extra)
+        self._queue_bytes += sum(map(len, extra))
         self._move_queue_to_spool_locked()
 
     def _spool_locked(self, payload: bytes, points: int) -> None:
@@ -565,7 +592,7 @@ class InfluxWriter:
             self._after_write_locked(failure, inflight.points, replay=False)
 
     def _replay_once(self) -> None:
-        batch = self._spool.peek(max_points=self._batch_size)
+        batch = self._spool.peek(max_points=self._batch_size, max_bytes=self._batch_max_bytes)
         if batch is None:
             return
         failure = self._deliver(batch.payload, batch.points)
