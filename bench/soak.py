@@ -1,8 +1,10 @@
 """Soak: the collector (a separate process) runs against the local EcoFlow cloud while faults are
 injected on a schedule; at the end it proves what survived.
 
-    python3 bench/soak.py --minutes 2                      # what CI runs (tests/test_soak.py)
-    python3 bench/soak.py --minutes 240 --cycle-minutes 10 # hours: the fault cycle repeats
+    python3 bench/soak.py --minutes 2      # what CI runs (tests/test_soak.py)
+    python3 bench/soak.py --minutes 240 --cycle-minutes 10 --sigkill-cycles 1
+                                           # hours: the cycle repeats; one collector process
+                                           # lives through all but the first, for its RSS trend
 
 Load: ``--devices`` simulated devices (half PowerStream, half Delta Pro) publish quota reports at
 ``--rate`` messages/s over MQTT (QoS 1), each with the ``benchSeq``/``benchUs`` marker
