@@ -271,8 +271,10 @@ def run_soak(
             status_interval_s=60,
         )
         incarnations: list[CollectorProcess] = []
+        started_ms = [0]  # when the running collector process was started
 
         def start_collector() -> CollectorProcess:
+            started_ms[0] = time.time_ns() // 1_000_000
             process = CollectorProcess(config, workdir / f"collector-{len(incarnations)}.log")
             process.start()
             incarnations.append(process)
@@ -315,9 +317,13 @@ def run_soak(
             if delay > 0:
                 time.sleep(delay)
 
-        def rejected_since(time_ms: int) -> int:
-            """What the collector's telemetry (every 5 s) counts as malformed, after `time_ms`."""
-            query = f'SELECT MAX("rejected_malformed") FROM "ecoflow_collector" WHERE time >= {time_ms}ms'
+        def rejected_since(time_ms: int, until_ms: int | None = None) -> int:
+            """The collector's count of malformed payloads (its telemetry, every 5 s; a counter of
+            the running process) at its highest since `time_ms` (and before `until_ms`)."""
+            until = f" AND time < {until_ms}ms" if until_ms is not None else ""
+            query = (
+                f'SELECT MAX("rejected_malformed") FROM "ecoflow_collector" WHERE time >= {time_ms}ms{until}'
+            )
             try:
                 found = influx.rows(DB, query, epoch="ms")
             except Exception:
@@ -374,14 +380,15 @@ def run_soak(
 
                 at(cycle_start, 0.46)
                 burst_ms = time.time_ns() // 1_000_000
+                before = rejected_since(started_ms[0], burst_ms)
                 malformed_burst()
                 with contextlib.suppress(AssertionError):
                     wait_for(
-                        lambda t=burst_ms: rejected_since(t) >= MALFORMED,
-                        timeout=15,
+                        lambda t=burst_ms, b=before: rejected_since(t) - b >= MALFORMED,
+                        timeout=30,  # the telemetry may queue behind a spool replay
                         what="rejections counted",
                     )
-                result.rejected_malformed.append(rejected_since(burst_ms))
+                result.rejected_malformed.append(rejected_since(burst_ms) - before)
                 say(f"{MALFORMED} malformed payloads sent; rejected: {result.rejected_malformed[-1]}")
 
                 at(cycle_start, 0.54)
