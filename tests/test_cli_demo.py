@@ -8,26 +8,20 @@ import sys
 from pathlib import Path
 
 
-def test_demo_fills_a_private_influxdb_and_reports_what_it_collected(tmp_path: Path) -> None:
+def run_demo(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "collector",
-            "demo",
-            "--duration",
-            "8",
-            "--rate",
-            "4",
-            "--state-dir",
-            str(tmp_path / "demo-state"),
-        ],
+        [sys.executable, "-m", "collector", "demo", "--rate", "4", *args],
         capture_output=True,
         text=True,
         timeout=120,
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+def test_demo_fills_a_private_influxdb_and_reports_what_it_collected(tmp_path: Path) -> None:
+    result = run_demo(tmp_path, "--duration", "8", "--state-dir", str(tmp_path / "demo-state"))
     out = result.stdout
     assert "writing to a private InfluxDB" in out
     done = re.search(r"done: (\d+) MQTT messages, (\d+) HTTP polls, (\d+) points written", out)
@@ -35,34 +29,15 @@ def test_demo_fills_a_private_influxdb_and_reports_what_it_collected(tmp_path: P
     messages, polls, points = (int(g) for g in done.groups())
     assert messages > 0 and polls >= 2 and points > messages
     # the closing query read the summary of both simulated devices back from InfluxDB
-    assert re.search(r"PowerStream-\d+: SoC [\d.]+ %", out) and re.search(
-        r"DELTA Pro-\d+: SoC [\d.]+ %", out
-    ), out
+    assert re.search(r"PowerStream-\d+: SoC [\d.]+ %", out), out
+    assert re.search(r"DELTA Pro-\d+: SoC [\d.]+ %", out), out
     assert "Traceback" not in result.stderr
 
 
 def test_demo_without_influxdb_writes_line_protocol_to_a_file(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "collector",
-            "demo",
-            "--duration",
-            "5",
-            "--rate",
-            "4",
-            "--influx-url",
-            "http://127.0.0.1:9",
-            "--state-dir",
-            str(tmp_path / "s"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=tmp_path,
+    result = run_demo(
+        tmp_path, "--duration", "5", "--influx-url", "http://127.0.0.1:9", "--state-dir", str(tmp_path / "s")
     )
-    assert result.returncode == 0, result.stdout + result.stderr
     lines = (tmp_path / "s" / "points.lp").read_text().splitlines()
     assert "writing a line-protocol file instead" in result.stdout
     assert any(line.startswith("powerstream,") for line in lines)
