@@ -112,6 +112,37 @@ class CollectorSection(BaseModel):
         return self
 
 
+class EnergySection(BaseModel):
+    """Energy counters (`ecoflow_energy`): see docs/history.md for the math."""
+
+    model_config = _SECTION
+
+    interval_s: float = Field(60.0, ge=1, le=3600)  # how often the counters are written and persisted
+    max_gap_s: float = Field(300.0, gt=0, le=86_400)  # a longer silence is a gap, not integrated
+
+
+class HistorySection(BaseModel):
+    """Hourly rollups (`<measurement>_1h`) and the calendar of reports."""
+
+    model_config = _SECTION
+
+    bucket: str | None = Field(None, min_length=1)  # where rollups go; default: [influxdb] bucket
+    interval_s: float = Field(900.0, ge=60, le=86_400)  # how often the rollup job runs
+    timezone: str | None = None  # calendar of `report` (IANA name); default: the machine's
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, name: str | None) -> str | None:
+        if name is not None:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                ZoneInfo(name)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"unknown time zone {name!r} (an IANA name such as Europe/Berlin)") from None
+        return name
+
+
 class LoggingSection(BaseModel):
     model_config = _SECTION
 
@@ -136,6 +167,8 @@ class Settings(BaseSettings):
     mqtt: MqttSection = MqttSection()
     influxdb: InfluxSection = InfluxSection()
     collector: CollectorSection = CollectorSection()
+    energy: EnergySection = EnergySection()
+    history: HistorySection = HistorySection()
     logging: LoggingSection = LoggingSection()
     devices: list[DeviceEntry] = []
 
