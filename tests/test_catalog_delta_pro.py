@@ -164,6 +164,8 @@ def test_capture_summary(product: Product, capture_values: dict[str, Any]) -> No
     assert summary["output_w"] == 114.0
     assert summary["pv_input_w"] == 296.0
     assert summary["battery_w"] == 182.0
+    assert summary["battery_soh_percent"] == 100.0  # bmsMaster.soh: the main pack
+    assert summary["battery_cycles"] == 29.0
 
 
 # --- (d): balances ----------------------------------------------------------------------------------

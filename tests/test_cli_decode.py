@@ -120,8 +120,10 @@ def test_schema_json_lists_every_field(capsys: pytest.CaptureFixture[str]) -> No
         "factor": 0.1,
         "kind": "measurement",
         "sentinels": [],
+        "health": None,
         "description": "",
     }
+    assert by_key[("delta_pro", "bmsMaster.soh")]["health"] == "soh"
     assert by_key[("powerstream", "20_1.permanentWatts")]["unit"] == "W"
     assert {r["product"] for r in records} == {"delta_pro", "powerstream"}
 

@@ -65,6 +65,7 @@ def _compile_spec(key: str, entry: FieldEntry) -> FieldSpec:
         values=dict(entry.values),
         text=entry.text,
         evidence=entry.evidence,
+        health=entry.health,
         mul=mul,
         div=div,
     )

@@ -26,8 +26,26 @@ class Kind(StrEnum):
     IDENTIFIER = "identifier"  # versions, addresses, ids: stored, but not a quantity
 
 
-SUMMARY_FIELDS = ("soc_percent", "input_w", "output_w", "pv_input_w", "battery_w")
-SummaryField = Literal["soc_percent", "input_w", "output_w", "pv_input_w", "battery_w"]
+SUMMARY_FIELDS = (
+    "soc_percent",
+    "input_w",
+    "output_w",
+    "pv_input_w",
+    "battery_w",
+    "battery_soh_percent",
+    "battery_cycles",
+)
+SummaryField = Literal[
+    "soc_percent",
+    "input_w",
+    "output_w",
+    "pv_input_w",
+    "battery_w",
+    "battery_soh_percent",
+    "battery_cycles",
+]
+# what a field says about a battery's health over the years (rolled up, shown in the energy dashboard)
+HealthMarker = Literal["soh", "cycles", "full_capacity", "design_capacity"]
 TextEncoding = Literal["ascii2"]
 
 _STRICT = ConfigDict(extra="forbid", frozen=True)
@@ -45,6 +63,7 @@ class FieldEntry(BaseModel):
     values: dict[str, str] = {}  # labels of enum values
     text: TextEncoding | None = None  # how to show the number as text (e.g. two ASCII letters)
     evidence: str | None = None  # why the unit is what it is, where sources disagree
+    health: HealthMarker | None = None  # a state-of-health field of a pack
 
     @field_validator("unit")
     @classmethod
@@ -131,6 +150,7 @@ class FieldSpec:
     values: dict[str, str]
     text: TextEncoding | None
     evidence: str | None
+    health: HealthMarker | None
     # stored = sent * mul / div: dividing by 10 instead of multiplying by 0.1 keeps 691 -> 69.1 exact
     mul: float
     div: float

@@ -36,6 +36,7 @@ def field_record(product: Product, spec: FieldSpec) -> dict[str, Any]:
         "factor": spec.unit.factor,
         "kind": spec.kind.value,
         "sentinels": sorted(spec.sentinels),
+        "health": spec.health,
         "description": spec.desc,
     }
 
