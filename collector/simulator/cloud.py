@@ -158,6 +158,8 @@ class CloudServer:
         self.faults = Faults()
         self.requests: deque[RequestRecord] = deque(maxlen=log_limit)
         self.counts: Counter[str] = Counter()  # requests per path, faults included
+        # answers that found the client gone (it timed out and closed or reset the connection)
+        self.clients_gone = 0
         self._host, self._port = host, port
         self._lock = threading.Lock()
         self._seen: dict[tuple[str, str, str], float] = {}  # (key, nonce, timestamp) -> expiry
@@ -240,6 +242,14 @@ class CloudServer:
             return 200, _envelope(exc.error.code, exc.error.message, _NO_DATA)
         self._record(method, path, 200, "0", "")
         return 200, _envelope("0", "Success", data)
+
+    def client_gone(self) -> None:
+        """An answer could not be sent: the client had closed or reset the connection."""
+        with self._lock:
+            self.clients_gone += 1
+            first = self.clients_gone == 1
+        if first:  # once: a client giving up is what delay faults are for, not news
+            log.info("cloud.client_gone", hint="an answer reached a client that had given up")
 
     def _record(self, method: str, path: str, status: int, code: str | None, reason: str) -> int:
         self.requests.append(RequestRecord(method, path, status, code, reason))
@@ -395,6 +405,15 @@ class _RequestHandler(BaseHTTPRequestHandler):
         )
 
     do_GET = do_POST = do_PUT = do_DELETE = _serve
+
+    def handle(self) -> None:
+        """http.server's loop, minus the traceback on stderr when the client is gone (a delayed
+        fault answer reaching a client that timed out): counted on the cloud instead."""
+        try:
+            super().handle()
+        except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
+            self.close_connection = True
+            cast(_HttpServer, self.server).cloud.client_gone()
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silences http.server's own stderr lines; requests are logged by `_serve`."""
