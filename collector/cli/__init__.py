@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "collector.cli.simulate",
     "collector.cli.run",
     "collector.cli.demo",
+    "collector.cli.history",
 )
 
 
