@@ -1,12 +1,17 @@
 """Spool and InfluxDB writer benchmark: what an outage costs and how fast a backlog drains.
 
-    python3 bench/spool.py [--dir /var/tmp] [--open-mb 128] [--influx]
+    python3 bench/spool.py [--dir /var/tmp] [--open-mb 128] [--influx] [--fsync-delay-ms 50]
 
 - append: fsync'd appends of whole batches (what happens during an outage), by batch size;
 - drain: peek (coalesced to 5000 points) + commit, i.e. reading the backlog back;
 - open: opening (and checking) a spool of ``--open-mb`` MB, as at a start after a long outage;
 - with ``--influx`` (needs the testbed's influxd and nginx): points/s written directly by
-  InfluxWriter, and points/s replayed from a spool backlog into InfluxDB.
+  InfluxWriter, and points/s replayed from a spool backlog into InfluxDB;
+- with ``--fsync-delay-ms D``: a slow disk (every spool fsync sleeps D ms first) while InfluxDB is
+  down, so the writer is in replay mode and every batch goes to the spool: the latency of
+  ``InfluxWriter.submit`` (the caller is paho's network thread in the daemon), percentiles side
+  by side for the spool appended under the writer's lock (as before the fix: emulated by holding
+  the lock around the append) and outside it (the writer as it is).
 
 Points look like a PowerStream report: 2 tags, 8 float fields (~190 bytes of line protocol).
 """
@@ -14,6 +19,7 @@ Points look like a PowerStream report: 2 tags, 8 float fields (~190 bytes of lin
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 import time
@@ -138,6 +144,61 @@ def bench_influx(root: Path) -> None:
         print(f"writer replay: {n} spooled points in {elapsed:.2f} s = {n / elapsed:.0f} points/s")
 
 
+def bench_submit_latency(root: Path, delay_ms: float, seconds: float = 5.0) -> None:
+    from collector.sink.influx import InfluxWriter
+    from collector.testbed import free_port
+
+    class SpoolUnderLock(InfluxWriter):
+        """Before the fix: the spool append (and its fsync) ran under the lock submit() takes."""
+
+        def _drain_outbox(self) -> None:
+            with self._cond:
+                super()._drain_outbox()
+
+    def slow_fsync(fd: int) -> None:
+        time.sleep(delay_ms / 1000)
+        os.fdatasync(fd)
+
+    def run(cls: type[InfluxWriter], name: str) -> tuple[list[float], int, int]:
+        down = InfluxSection(
+            url=f"http://127.0.0.1:{free_port()}", bucket="bench", batch_size=100, flush_interval_s=0.05
+        )
+        writer = cls(
+            down, CollectorSection(state_dir=root / name), retry_initial_s=60, spool_fsync=slow_fsync
+        )
+        writer.submit([point(0)])
+        while writer.stats()["spool_points"] < 1:  # replay mode: the first batch failed and is spooled
+            time.sleep(0.01)
+        latencies: list[float] = []
+        i, started = 1, time.perf_counter()
+        while time.perf_counter() - started < seconds:  # ~1,000 points/s in reports of 10 points
+            t = time.perf_counter()
+            writer.submit([point(i + k) for k in range(10)])
+            latencies.append(time.perf_counter() - t)
+            i += 10
+            time.sleep(0.01)
+        assert writer.flush(120)
+        stats = writer.stats()
+        writer.close(10)
+        return latencies, stats["spool_points"], stats["points_dropped"]
+
+    def pct(values: list[float], q: float) -> float:
+        ordered = sorted(values)
+        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] * 1000
+
+    print(f"submit() latency, InfluxDB down (replay mode), spool fsync +{delay_ms:g} ms:")
+    results = {
+        "before (append under the lock)": run(SpoolUnderLock, "before"),
+        "after (append outside the lock)": run(InfluxWriter, "after"),
+    }
+    print(f"  {'':34s}{'calls':>7s}{'p50 ms':>9s}{'p90 ms':>9s}{'p99 ms':>9s}{'max ms':>9s}  spooled/dropped")
+    for label, (values, spooled, dropped) in results.items():
+        print(
+            f"  {label:34s}{len(values):7d}{pct(values, 0.5):9.3f}{pct(values, 0.9):9.3f}"
+            f"{pct(values, 0.99):9.3f}{max(values) * 1000:9.3f}  {spooled}/{dropped}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -145,10 +206,19 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=None, help="where to put the spools (a real disk)")
     parser.add_argument("--open-mb", type=int, default=128)
     parser.add_argument("--influx", action="store_true", help="also benchmark InfluxWriter (testbed)")
+    parser.add_argument(
+        "--fsync-delay-ms",
+        type=float,
+        default=None,
+        help="only the submit() latency on a disk whose fsync takes this much longer (replay mode)",
+    )
     args = parser.parse_args()
     configure("error")
     root = Path(tempfile.mkdtemp(prefix="bench-spool-", dir=args.dir))
     try:
+        if args.fsync_delay_ms is not None:
+            bench_submit_latency(root, args.fsync_delay_ms)
+            return
         print(f"line: {len(point(1).to_line())} bytes; spools in {root}")
         bench_append(root)
         bench_open_and_drain(root, args.open_mb)

@@ -56,6 +56,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -240,6 +241,7 @@ class InfluxWriter:
         stuck_after_s: float | None = None,
         rejected_max_bytes: int = 64 * 1024 * 1024,
         spool_segment_bytes: int | None = None,
+        spool_fsync: Callable[[int], None] | None = None,
     ) -> None:
         self._bucket = influx.bucket
         self._org = influx.org
@@ -263,13 +265,24 @@ class InfluxWriter:
         self._write_api = self._client.write_api(write_options=SYNCHRONOUS)
         try:
             self._spool = Spool(
-                collector.state_dir / "spool", collector.spool_max_bytes, segment_bytes=spool_segment_bytes
+                collector.state_dir / "spool",
+                collector.spool_max_bytes,
+                segment_bytes=spool_segment_bytes,
+                fsync=spool_fsync,
             )
         except BaseException:
             self._client.close()  # type: ignore[no-untyped-call]  # untyped in influxdb-client
             raise
 
         self._cond = threading.Condition()
+        # Spool appends (an fsync each) happen under _spool_io, never under _cond, so that submit()
+        # never waits for the disk. Lock order: _spool_io before _cond.
+        self._spool_io = threading.Lock()
+        # batches taken from memory for the spool, oldest first, not yet durable (and not yet handled)
+        self._outbox: deque[tuple[bytes, int]] = deque()
+        self._outbox_points = 0
+        self._outbox_bytes = 0
+        self._spool_snapshot = self._spool.stats()  # refreshed under _spool_io after each change
         self._queue: deque[str] = deque()
         self._queue_bytes = 0  # characters of line protocol in the queue (ASCII: bytes)
         self._queue_since = 0.0  # monotonic time the oldest queued point arrived
@@ -303,7 +316,7 @@ class InfluxWriter:
             bucket=influx.bucket,
             batch_size=influx.batch_size,
             flush_interval_s=influx.flush_interval_s,
-            spool_points=self._spool.stats().points,
+            spool_points=self._spool_snapshot.points,
         )
         self._thread = threading.Thread(target=self._run, name="influx-writer", daemon=True)
         self._thread.start()
@@ -346,6 +359,7 @@ class InfluxWriter:
         if not lines:
             return
         size = sum(map(len, lines))
+        spilled = False
         with self._cond:
             if self._closed:
                 self._points_dropped += len(lines)
@@ -354,26 +368,29 @@ class InfluxWriter:
                     log.warning("influx.submit_after_close", points=len(lines))
                 return
             self._submitted += len(lines)
-            if (
-                len(self._queue) + len(lines) > self._queue_max
-                or self._queue_bytes + size > self._queue_max_bytes
-            ):
+            held_points = len(self._queue) + self._outbox_points
+            held_bytes = self._queue_bytes + self._outbox_bytes
+            if held_points + len(lines) > self._queue_max or held_bytes + size > self._queue_max_bytes:
                 log.warning(
                     "influx.queue_full_spilled",
-                    points=len(self._queue) + len(lines),
+                    points=held_points + len(lines),
                     queue_max_points=self._queue_max,
-                    bytes=self._queue_bytes + size,
+                    bytes=held_bytes + size,
                     queue_max_bytes=self._queue_max_bytes,
                 )
                 self._spill_locked(lines)
-                return
-            if not self._queue:
-                self._queue_since = time.monotonic()
-                self._cond.notify_all()
-            self._queue.extend(lines)
-            self._queue_bytes += size
-            if len(self._queue) >= self._batch_size or self._queue_bytes >= self._batch_max_bytes:
-                self._cond.notify_all()
+                spilled = True
+            else:
+                if not self._queue:
+                    self._queue_since = time.monotonic()
+                    self._cond.notify_all()
+                self._queue.extend(lines)
+                self._queue_bytes += size
+                if len(self._queue) >= self._batch_size or self._queue_bytes >= self._batch_max_bytes:
+                    self._cond.notify_all()
+        if spilled:
+            # memory is full: the caller waits for the disk (back-pressure), as it must somewhere
+            self._drain_outbox()
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Write (or spool) everything submitted so far, now; False if that took longer than ``timeout``."""
@@ -407,13 +424,17 @@ class InfluxWriter:
             self._closed = True
             if self._queue or (self._inflight is not None and not self._inflight.spilled):
                 self._spill_locked([])
-            self._final_spool_stats = self._spool.stats()
+        self._drain_outbox()
+        with self._spool_io:
+            final = self._spool.stats()
             self._spool.close()
+        with self._cond:
+            self._final_spool_stats = final
             self._cond.notify_all()
             lost = self._points_dropped - dropped_before
         log.info(
             "influx.closed",
-            spool_points=self._final_spool_stats.points,
+            spool_points=final.points,
             points_lost=lost,
             writer_finished=not self._thread.is_alive(),
         )
@@ -434,7 +455,12 @@ class InfluxWriter:
                 return False
             if not self._thread.is_alive():
                 return True
-            busy = bool(self._queue) or self._inflight is not None or len(self._spool) > 0
+            busy = (
+                bool(self._queue)
+                or bool(self._outbox)
+                or self._inflight is not None
+                or self._spool_snapshot.batches > 0
+            )
             return busy and time.monotonic() - self._last_tick > self._stuck_after_s
 
     def stats(self) -> dict[str, Any]:
@@ -446,13 +472,14 @@ class InfluxWriter:
           again (written, or set aside as rejected);
         - ``points_rejected``: points in batches set aside in ``rejected/``;
         - ``points_dropped``: lost (spool overflow or failure, submit after close);
-        - ``queue_points``; ``spool_depth`` (batches), ``spool_points``, ``spool_bytes``;
+        - ``queue_points`` (in memory, also those on their way to the spool); ``spool_depth``
+          (batches), ``spool_points``, ``spool_bytes`` (durable in the spool);
         - ``last_success_time`` (Unix time or None), ``last_error`` (ErrorClass value, None after a
           success), ``stuck``.
         """
         stuck = self.stuck()
         with self._cond:
-            spool = self._final_spool_stats if self._final_spool_stats is not None else self._spool.stats()
+            spool = self._final_spool_stats or self._spool_snapshot
             return {
                 "points_written": self._points_written,
                 "batches_written": self._batches_written,
@@ -461,7 +488,7 @@ class InfluxWriter:
                 "points_replayed": self._points_replayed,
                 "points_rejected": self._points_rejected,
                 "points_dropped": self._points_dropped + spool.dropped_points,
-                "queue_points": len(self._queue),
+                "queue_points": len(self._queue) + self._outbox_points,
                 "spool_depth": spool.batches,
                 "spool_points": spool.points,
                 "spool_bytes": spool.bytes,
@@ -495,20 +522,23 @@ class InfluxWriter:
             self._last_tick = now
             if self._closed:
                 return False
-            replaying = len(self._spool) > 0
+            replaying = self._spool_snapshot.batches > 0 or bool(self._outbox)
             if self._batch_due_locked(now):
                 if replaying:
-                    self._move_queue_to_spool_locked()
-                    return True
-                inflight = self._take_inflight_locked()
+                    self._move_queue_to_outbox_locked()
+                    inflight, to_spool = None, True
+                else:
+                    inflight, to_spool = self._take_inflight_locked(), False
             elif replaying and not self._closing and now >= self._next_retry:
-                inflight = None
+                inflight, to_spool = None, False
             elif self._closing:
                 return False  # queue empty; replaying the spool is for the next start
             else:
                 self._cond.wait(self._wait_s_locked(now, replaying))
                 return True
-        if inflight is not None:
+        if to_spool:
+            self._drain_outbox()
+        elif inflight is not None:
             self._write_direct(inflight)
         else:
             self._replay_once()
@@ -552,33 +582,66 @@ class InfluxWriter:
         self._inflight = _Inflight("\n".join(lines).encode(), len(lines))
         return self._inflight
 
-    def _move_queue_to_spool_locked(self) -> None:
+    def _move_queue_to_outbox_locked(self) -> None:
         while self._queue:
             lines = self._take_lines_locked()
-            self._spool_locked("\n".join(lines).encode(), len(lines))
-        self._cond.notify_all()
+            self._outbox_locked("\n".join(lines).encode(), len(lines))
 
     def _spill_locked(self, extra: list[str]) -> None:
-        """Put everything held in memory into the spool, in order: the batch in flight (whatever
-        becomes of its request; a success only means it is sent twice), the queue, ``extra``."""
+        """Put everything held in memory on its way to the spool, in order: the batch in flight
+        (whatever becomes of its request; a success only means it is sent twice), the queue,
+        ``extra``. The caller then calls :meth:`_drain_outbox` (without holding ``_cond``)."""
         inflight = self._inflight
         if inflight is not None and not inflight.spilled:
             inflight.spilled = True
-            self._spool_locked(inflight.payload, inflight.points)
+            self._outbox_locked(inflight.payload, inflight.points)
         self._queue.extend(extra)
         self._queue_bytes += sum(map(len, extra))
-        self._move_queue_to_spool_locked()
+        self._move_queue_to_outbox_locked()
 
-    def _spool_locked(self, payload: bytes, points: int) -> None:
-        """Append one batch to the spool; the points count as handled either way."""
-        self._handled += points
-        try:
-            self._spool.append(payload, points)
-        except SpoolError as exc:
-            self._points_dropped += points
-            log.error("influx.spool_failed", points=points, error=str(exc))
-            return
-        self._points_spooled += points
+    def _outbox_locked(self, payload: bytes, points: int) -> None:
+        self._outbox.append((payload, points))
+        self._outbox_points += points
+        self._outbox_bytes += len(payload)
+
+    def _drain_outbox(self) -> None:
+        """Append the outbox to the spool, oldest first, each batch fsync'd, WITHOUT holding
+        ``_cond`` (submit() goes on meanwhile). Whoever holds ``_spool_io`` drains all of it, so
+        the spool's order is the outbox's. A batch counts as handled once it is durable (or lost,
+        counted, if the spool cannot take it)."""
+        with self._spool_io:
+            while True:
+                with self._cond:
+                    if not self._outbox:
+                        return
+                    payload, points = self._outbox[0]
+                error: SpoolError | None = None
+                try:
+                    self._spool.append(payload, points)
+                except SpoolClosedError:
+                    raise
+                except SpoolError as exc:
+                    error = exc
+                snapshot = self._spool.stats()
+                with self._cond:
+                    self._outbox.popleft()
+                    self._outbox_points -= points
+                    self._outbox_bytes -= len(payload)
+                    self._handled += points
+                    self._spool_snapshot = snapshot
+                    if error is None:
+                        self._points_spooled += points
+                    else:
+                        self._points_dropped += points
+                    self._cond.notify_all()
+                if error is not None:
+                    log.error("influx.spool_failed", points=points, error=str(error))
+
+    def _refresh_spool_snapshot(self) -> None:
+        with self._spool_io:
+            snapshot = self._spool.stats()
+            with self._cond:
+                self._spool_snapshot = snapshot
 
     def _write_direct(self, inflight: _Inflight) -> None:
         failure = self._deliver(inflight.payload, inflight.points)
@@ -586,22 +649,29 @@ class InfluxWriter:
             self._inflight = None
             if not inflight.spilled:
                 if failure is not None:
-                    self._spool_locked(inflight.payload, inflight.points)
+                    # nothing newer is in the outbox: a spill would have taken this batch first
+                    self._outbox_locked(inflight.payload, inflight.points)
                 else:
                     self._handled += inflight.points
             self._after_write_locked(failure, inflight.points, replay=False)
+        if failure is not None:
+            self._drain_outbox()
 
     def _replay_once(self) -> None:
         batch = self._spool.peek(max_points=self._batch_size, max_bytes=self._batch_max_bytes)
         if batch is None:
+            self._refresh_spool_snapshot()  # what peek found damaged is gone
             return
         failure = self._deliver(batch.payload, batch.points)
-        if failure is None:
-            self._spool.commit(batch)
-        with self._cond:
+        with self._spool_io:
             if failure is None:
-                self._points_replayed += batch.points
-            self._after_write_locked(failure, batch.points, replay=True)
+                self._spool.commit(batch)
+            snapshot = self._spool.stats()
+            with self._cond:
+                self._spool_snapshot = snapshot
+                if failure is None:
+                    self._points_replayed += batch.points
+                self._after_write_locked(failure, batch.points, replay=True)
 
     def _after_write_locked(self, failure: WriteFailure | None, points: int, *, replay: bool) -> None:
         if self._closed:
@@ -614,7 +684,7 @@ class InfluxWriter:
             self._backoff_s = self._retry_initial_s
             self._next_retry = now
             self._last_error = None
-            if replay and len(self._spool) == 0:
+            if replay and self._spool_snapshot.batches == 0 and not self._outbox:
                 log.info("influx.spool_drained", points_replayed=self._points_replayed)
         else:
             self._failures += 1
@@ -635,7 +705,7 @@ class InfluxWriter:
             "points": points,
             "replay": replay,
             "retry_in_s": round(delay, 2),
-            "spool_points": self._spool.stats().points,
+            "spool_points": self._spool_snapshot.points + self._outbox_points,
         }
         if failure.error in _TRANSIENT:
             log.warning("influx.write_failed", **fields)

@@ -48,6 +48,7 @@ import os
 import struct
 import threading
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -119,10 +120,10 @@ def _record_crc(length: int, points: int, payload: bytes | memoryview) -> int:
     return zlib.crc32(payload, zlib.crc32(struct.pack("<II", length, points)))
 
 
-def _fsync_dir(directory: Path) -> None:
+def _fsync_dir(directory: Path, fsync: Callable[[int], None] = os.fsync) -> None:
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(fd)
+        fsync(fd)
     finally:
         os.close(fd)
 
@@ -144,7 +145,17 @@ def _pread_exact(fd: int, size: int, offset: int) -> bytes:
 class Spool:
     """A durable FIFO of line-protocol batches; thread-safe (one reader, appends from any thread)."""
 
-    def __init__(self, directory: Path, max_bytes: int, *, segment_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        max_bytes: int,
+        *,
+        segment_bytes: int | None = None,
+        fsync: Callable[[int], None] | None = None,
+    ) -> None:
+        """``fsync``, when given, replaces every ``fdatasync``/``fsync`` of the spool's files and
+        directory (it must make the fd's data durable: e.g. a benchmark's slow-disk stand-in that
+        sleeps, then calls ``os.fdatasync``)."""
         if max_bytes < 4096:
             raise ValueError("max_bytes must be at least 4096")
         self.directory = directory
@@ -152,6 +163,8 @@ class Spool:
         # Overflow deletes whole segments: 1/16 of the bound keeps that loss small without making
         # thousands of files.
         self.segment_bytes = segment_bytes or min(max(max_bytes // 16, 64 * 1024), 64 * 1024 * 1024)
+        self._datasync: Callable[[int], None] = fsync or os.fdatasync
+        self._fullsync: Callable[[int], None] = fsync or os.fsync
         self._lock = threading.Lock()
         self._closed = False
         self._segments: list[_Segment] = []
@@ -325,7 +338,7 @@ class Spool:
             header = _HEADER.pack(len(payload), points, _record_crc(len(payload), points, payload))
             try:
                 _write_all(self._append_fd, header + payload)
-                os.fdatasync(self._append_fd)
+                self._datasync(self._append_fd)
             except OSError as exc:
                 # Cut off whatever part of the record reached the file, and start a new segment for
                 # the next append so that nothing is ever written after a possibly torn record.
@@ -347,8 +360,8 @@ class Spool:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
         try:
             _write_all(fd, MAGIC)
-            os.fdatasync(fd)
-            _fsync_dir(self.directory)
+            self._datasync(fd)
+            _fsync_dir(self.directory, self._fullsync)
         except OSError:
             os.close(fd)
             path.unlink(missing_ok=True)
@@ -502,11 +515,11 @@ class Spool:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             _write_all(fd, data)
-            os.fsync(fd)
+            self._fullsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, self.directory / _CURSOR)
-        _fsync_dir(self.directory)
+        _fsync_dir(self.directory, self._fullsync)
 
     # ------------------------------------------------------------------ state
 
