@@ -49,6 +49,7 @@ def make_writer() -> Iterator[WriterFactory]:
             batch_size=tuning.pop("batch_size", 50),
             flush_interval_s=tuning.pop("flush_interval_s", 0.05),
             timeout_s=tuning.pop("timeout_s", 5.0),
+            gzip=tuning.pop("gzip", True),
         )
         tuning.setdefault("retry_initial_s", 0.05)
         tuning.setdefault("retry_max_s", 0.3)
@@ -500,3 +501,77 @@ def test_submit_does_not_wait_for_spool_fsyncs_in_replay_mode(
             lines.extend(batch.payload.split(b"\n"))
             spool.commit(batch)
     assert lines == [_point("A", float(k), T0 + k).to_line().encode() for k in range(-1, n)]
+
+
+def _requests_for(server: InfluxServer, bucket: str, status: str = "204") -> int:
+    """Write requests for ``bucket`` that nginx answered with ``status`` (its access log)."""
+    lines = server.nginx_access_log.read_text().splitlines()
+    return sum(1 for line in lines if f"bucket={bucket}&" in line + "&" and f" {status} " in line)
+
+
+def test_a_batch_stops_at_batch_max_bytes(
+    influx_server: InfluxServer, influx_db: str, tmp_path: Path, make_writer: WriterFactory
+) -> None:
+    """Lines of 99 bytes, a 995-byte limit: nine lines and their eight newlines (899 bytes) fit,
+    ten (999 bytes) do not. 100 lines make 12 requests, each body within the limit."""
+    base = len(Point("m", (("sn", "x"),), {"v": 1.5}, T0).to_line())
+    points = [Point("m", (("sn", "x" * (100 - base)),), {"v": 1.5}, T0 + i) for i in range(100)]
+    assert {len(p.to_line()) for p in points} == {99}
+    writer = make_writer(
+        influx_server.url, influx_db, tmp_path, batch_size=10_000, batch_max_bytes=995, gzip=False
+    )
+    writer.submit(points)
+    assert writer.flush(10)
+    written = writer.stats()["batches_written"]
+    _wait(lambda: _requests_for(influx_server, influx_db) >= written, "the requests in the access log")
+    assert (written, _requests_for(influx_server, influx_db)) == (12, 12)
+    assert _count(influx_server, influx_db, "SELECT count(v) FROM m") == 100
+
+
+def test_queue_past_queue_max_bytes_spills_to_the_spool_and_nothing_is_lost(
+    private_influx: InfluxServer,
+    stoppable: Callable[[bool], None],
+    tmp_path: Path,
+    make_writer: WriterFactory,
+) -> None:
+    """influxd stalled (SIGSTOP): the batch in flight hangs and the queue grows. Past
+    ``queue_max_bytes`` (far below the point bound) everything held in memory goes to the spool;
+    once influxd answers again the spool is replayed: every point stored once, in order."""
+    server = private_influx
+    server.create_database("telemetry")
+    queue_max_bytes = 20_000
+    writer = make_writer(
+        server.url,
+        "telemetry",
+        tmp_path,
+        timeout_s=30,
+        batch_size=100_000,  # neither the point count of a batch ...
+        queue_max_points=1_000_000,  # ... nor of the queue is what cuts here
+        queue_max_bytes=queue_max_bytes,
+        batch_max_bytes=8_000,
+    )
+    writer.submit([_point("A", -1.0, T0 - 1)])
+    assert writer.flush(10)
+    stoppable(True)
+    n = 3000  # ~28 bytes a line: ~84 kB, four times the bound
+    with capture_logs() as logs:
+        for k in range(n):
+            writer.submit([_point("A", float(k), T0 + k)])
+    stats = writer.stats()
+    held = stats["queue_points"] * len(_point("A", 1000.0, T0 + 1000).to_line())
+    assert held <= queue_max_bytes
+    assert stats["spool_points"] >= n - queue_max_bytes // 20 - 8_000 // 20
+    assert stats["points_dropped"] == 0
+    spills = [entry for entry in logs if entry["event"] == "influx.queue_full_spilled"]
+    assert spills and all(entry["queue_max_bytes"] == queue_max_bytes for entry in spills)
+    assert all(entry["points"] < 1_000_000 and entry["bytes"] > queue_max_bytes for entry in spills)
+    stoppable(False)
+    _wait(lambda: writer.stats()["spool_depth"] == 0 and writer.stats()["queue_points"] == 0, "drain")
+    writer.close(5)
+    rows = server.rows("telemetry", "SELECT v FROM m WHERE sn = 'A'", epoch="ms")
+    assert [row["v"] for row in rows] == [-1.0] + [float(k) for k in range(n)]
+    stats = writer.stats()
+    assert (stats["points_dropped"], stats["points_rejected"], stats["spool_points"]) == (0, 0, 0)
+    assert stats["points_replayed"] >= stats["points_spooled"] >= n - queue_max_bytes // 20
+    # the replayed batches kept to batch_max_bytes too
+    assert stats["batches_written"] >= 1 + 84_000 // 8_000

@@ -283,8 +283,8 @@ class InfluxWriter:
         self._outbox_points = 0
         self._outbox_bytes = 0
         self._spool_snapshot = self._spool.stats()  # refreshed under _spool_io after each change
-        self._queue: deque[str] = deque()
-        self._queue_bytes = 0  # characters of line protocol in the queue (ASCII: bytes)
+        self._queue: deque[bytes] = deque()  # UTF-8 lines
+        self._queue_bytes = 0  # bytes of the queued lines, one newline each counted
         self._queue_since = 0.0  # monotonic time the oldest queued point arrived
         self._inflight: _Inflight | None = None
         self._flush_requested = False
@@ -355,10 +355,10 @@ class InfluxWriter:
 
     def submit(self, points: list[Point]) -> None:
         """Queue points for writing; never waits for the network."""
-        lines = [point.to_line() for point in points if point.fields]
+        lines = [point.to_line().encode() for point in points if point.fields]
         if not lines:
             return
-        size = sum(map(len, lines))
+        size = sum(map(len, lines)) + len(lines)
         spilled = False
         with self._cond:
             if self._closed:
@@ -561,14 +561,16 @@ class InfluxWriter:
             wait = min(wait, self._next_retry - now)
         return max(wait, 0.001)
 
-    def _take_lines_locked(self) -> list[str]:
+    def _take_lines_locked(self) -> list[bytes]:
+        """The next batch: at most ``batch_size`` lines and ``batch_max_bytes`` bytes joined by
+        newlines (a single longer line goes alone)."""
         count = min(self._batch_size, len(self._queue))
-        lines: list[str] = []
-        size = 0
+        lines: list[bytes] = []
+        size = 0  # each line with its newline: the joined batch is size - 1 bytes
         while len(lines) < count and (not lines or size + len(self._queue[0]) <= self._batch_max_bytes):
             line = self._queue.popleft()
             lines.append(line)
-            size += len(line)
+            size += len(line) + 1
         self._queue_bytes = self._queue_bytes - size if self._queue else 0
         if self._queue:
             # the rest waits for a full batch or its own flush interval
@@ -579,15 +581,15 @@ class InfluxWriter:
 
     def _take_inflight_locked(self) -> _Inflight:
         lines = self._take_lines_locked()
-        self._inflight = _Inflight("\n".join(lines).encode(), len(lines))
+        self._inflight = _Inflight(b"\n".join(lines), len(lines))
         return self._inflight
 
     def _move_queue_to_outbox_locked(self) -> None:
         while self._queue:
             lines = self._take_lines_locked()
-            self._outbox_locked("\n".join(lines).encode(), len(lines))
+            self._outbox_locked(b"\n".join(lines), len(lines))
 
-    def _spill_locked(self, extra: list[str]) -> None:
+    def _spill_locked(self, extra: list[bytes]) -> None:
         """Put everything held in memory on its way to the spool, in order: the batch in flight
         (whatever becomes of its request; a success only means it is sent twice), the queue,
         ``extra``. The caller then calls :meth:`_drain_outbox` (without holding ``_cond``)."""
@@ -596,7 +598,7 @@ class InfluxWriter:
             inflight.spilled = True
             self._outbox_locked(inflight.payload, inflight.points)
         self._queue.extend(extra)
-        self._queue_bytes += sum(map(len, extra))
+        self._queue_bytes += sum(map(len, extra)) + len(extra)
         self._move_queue_to_outbox_locked()
 
     def _outbox_locked(self, payload: bytes, points: int) -> None:
