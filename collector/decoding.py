@@ -5,6 +5,8 @@ The key space is the one of HTTP `quota/all` (`20_1.pv1InputVolt`, `mppt.inVol`,
 - PowerStream MQTT `{"cmdId":1,"cmdFunc":20,"param"|"params":{...}}`: keys get `{cmdFunc}_{cmdId}.`
   unless they already carry such a prefix;
 - Delta Pro MQTT `{"id":..,"version":"1.0","timestamp":..,"params":{...}}`;
+- DELTA 2 family MQTT `{"moduleType":1,"typeCode":"pdStatus","params":{...}}`: bare keys get the
+  `quota/all` prefix of their typeCode (`pdStatus` -> `pd.`, `bmsStatus` -> `bms_bmsStatus.`, ...);
 - HTTP envelopes `{"code":"0","message":..,"data":{...}}` (data may be missing) and bare data objects;
 - `/status` messages `{"params":{"status":0|1}}` and `/set_reply` `{"data":{"ack":0},"id":..}`.
 
@@ -50,6 +52,16 @@ class Decoded:
 _INT_LIMIT = 2**64  # no device sends wider integers; wider ones would overflow float arithmetic
 _DIGITS = frozenset("0123456789")
 _CMD_PREFIX = re.compile(r"^\d+_\d+\.")
+# typeCode of a DELTA 2 / DELTA 2 Max / RIVER 2 MQTT report -> prefix of its keys in HTTP quota/all
+TYPE_CODE_PREFIXES = {
+    "pdStatus": "pd",
+    "mpptStatus": "mppt",
+    "invStatus": "inv",
+    "bmsStatus": "bms_bmsStatus",
+    "emsStatus": "bms_emsStatus",
+    "kitInfo": "bms_kitInfo",
+    "bmsInfo": "bms_bmsInfo",
+}
 
 
 def parse_json(data: bytes | str) -> Any:
@@ -212,6 +224,13 @@ def decode_object(obj: Any, topic_kind: TopicKind | None = None) -> Decoded:
     if isinstance(params, dict) and ("version" in obj or "id" in obj or len(obj) == 1):
         if topic_kind is TopicKind.STATUS or (topic_kind is None and set(params) == {"status"}):
             return _status(params)
+        type_code = obj.get("typeCode")
+        if isinstance(type_code, str) and type_code:  # an unknown typeCode is its own prefix
+            prefix = TYPE_CODE_PREFIXES.get(type_code, type_code) + "."
+            values: dict[str, Scalar] = {}
+            for key, value in params.items():  # keys that already carry the prefix keep it
+                flatten({key: value}, "" if key.startswith(prefix) else prefix, values)
+            return Decoded(TopicKind.QUOTA, _check_keys(values))
         return Decoded(TopicKind.QUOTA, _check_keys(flatten(params)))
     if topic_kind is TopicKind.STATUS:
         raise PayloadError("status message without a 'params' object")
