@@ -14,6 +14,7 @@ from collector.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
 CAPTURES = ROOT.parent / "shared" / "captures"
+PRODUCTS = {"delta_2", "delta_pro", "powerstream"}  # every catalog product
 
 
 def field_map(line: str) -> dict[str, float]:
@@ -86,11 +87,31 @@ def test_decode_bad_payload_exits_2_with_one_line(tmp_path: Path, payload: bytes
 
 
 def test_decode_unknown_product_keeps_numbers(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    path = tmp_path / "d2max.json"
+    path = tmp_path / "wave3.json"
     path.write_text(json.dumps({"params": {"bms_bmsStatus.soc": 57, "pd.wattsOutSum": 12}, "version": "1.0"}))
-    assert main(["decode", "--product", "DELTA 2 Max", "--sn", "R351X", "--time-ms", "5", str(path)]) == 0
+    assert main(["decode", "--product", "WAVE 3", "--sn", "AC71X", "--time-ms", "5", str(path)]) == 0
     out = capsys.readouterr().out.strip()
-    assert out == "delta_2_max,name=R351X,sn=R351X bms_bmsStatus.soc=57.0,pd.wattsOutSum=12.0 5"
+    assert out == "wave_3,name=AC71X,sn=AC71X bms_bmsStatus.soc=57.0,pd.wattsOutSum=12.0 5"
+
+
+def test_decode_delta_2_quota_all_in_si_units(capsys: pytest.CaptureFixture[str]) -> None:
+    fixture = FIXTURES / "delta_2" / "quota_all_charging.json"
+    assert main(["decode", "--product", "DELTA 2", "--sn", "R331X", "--time-ms", "5", str(fixture)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("delta_2,name=R331X,sn=R331X ")
+    fields = field_map(lines[0])
+    assert fields["bms_bmsStatus.vol"] == 53.016
+    assert fields["mppt.inVol"] == 38.45
+    assert lines[1].startswith("ecoflow_summary,name=R331X,product=delta_2,sn=R331X ")
+    assert field_map(lines[1]) == {
+        "soc_percent": 63.4,
+        "input_w": 200.0,
+        "output_w": 18.0,
+        "pv_input_w": 200.0,
+        "battery_w": 182.0,
+        "battery_soh_percent": 100.0,
+        "battery_cycles": 41.0,
+    }
 
 
 def test_decode_real_delta_pro_capture_prints_about_300_si_fields(capsys: pytest.CaptureFixture[str]) -> None:
@@ -125,9 +146,10 @@ def test_schema_json_lists_every_field(capsys: pytest.CaptureFixture[str]) -> No
     }
     assert by_key[("delta_pro", "bmsMaster.soh")]["health"] == "soh"
     assert by_key[("powerstream", "20_1.permanentWatts")]["unit"] == "W"
-    assert {r["product"] for r in records} == {"delta_pro", "powerstream"}
+    assert {r["product"] for r in records} == PRODUCTS
 
 
 def test_schema_unknown_product_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["schema", "--product", "toaster"]) == 2
-    assert "unknown product 'toaster'; the catalog has: delta_pro, powerstream" in capsys.readouterr().err
+    known = ", ".join(sorted(PRODUCTS))
+    assert f"unknown product 'toaster'; the catalog has: {known}" in capsys.readouterr().err

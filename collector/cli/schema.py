@@ -21,6 +21,11 @@ def register(commands: Any) -> None:
     parser.add_argument(
         "--summary", action="store_true", help="the ecoflow_summary mapping per product (Markdown)"
     )
+    parser.add_argument(
+        "--markdown",
+        action="store_true",
+        help="every product, its fields, units and evidence (Markdown: docs/products.md)",
+    )
     parser.set_defaults(handler=run)
 
 
@@ -56,6 +61,10 @@ def schema_records(catalog: Catalog, only: str | None = None) -> list[dict[str, 
     ]
 
 
+def _terms(terms: tuple[tuple[str, float], ...]) -> str:
+    return " ".join(f"{'-' if sign < 0 else '+'} `{key}`" for key, sign in terms).removeprefix("+ ")
+
+
 def summary_markdown(catalog: Catalog) -> str:
     """The per-product mapping of the `ecoflow_summary` fields, as a Markdown table (docs/schema.md)."""
     names = SUMMARY_FIELDS
@@ -63,11 +72,59 @@ def summary_markdown(catalog: Catalog) -> str:
     for slug, product in sorted(catalog.products.items()):
         cells = []
         for name in names:
-            terms = product.summary.get(name, ())
-            text = " ".join(f"{'-' if sign < 0 else '+'} `{key}`" for key, sign in terms).removeprefix("+ ")
-            cells.append(text or "—")
+            cells.append(_terms(product.summary.get(name, ())) or "—")
         lines.append(f"| `{slug}` | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+PRODUCTS_DOC_HEADER = """# Products in the catalog
+
+Generated from `collector/catalog/products/*.toml` by `ecoflow-collector schema --markdown`; do not edit
+by hand (tests/test_catalog.py checks that it is current). Values are stored as `sent x factor` in the
+stored unit; `sent` is the unit the device sends. Evidence says why a unit is what it is where the
+product's document is silent or wrong (C = real capture, D = EcoFlow's document, P = public integrations;
+each file's header comment names its sources). Array fields are stored as `key[0]`, `key[1]`, ...
+"""
+
+
+def _cell(text: object) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def products_markdown(catalog: Catalog) -> str:
+    """docs/products.md: each product, its identification, summary mapping and fields."""
+    out = [PRODUCTS_DOC_HEADER]
+    out.append("| product | name | device-list names | serial prefixes | fields |")
+    out.append("|---|---|---|---|---|")
+    for slug, product in sorted(catalog.products.items()):
+        aliases = ", ".join(f"`{a}`" for a in product.aliases) or "—"
+        prefixes = ", ".join(f"`{p}`" for p in product.serial_prefixes) or "—"
+        count = len(product.all_fields())
+        out.append(f"| [`{slug}`](#{slug}) | {product.name} | {aliases} | {prefixes} | {count} |")
+    for slug, product in sorted(catalog.products.items()):
+        out += ["", f"## {slug}", "", f"**{product.name}**. Summary (`ecoflow_summary`):", ""]
+        for name in SUMMARY_FIELDS:
+            if name in product.summary:
+                out.append(f"- `{name}` = {_terms(product.summary[name])}")
+        if not product.summary:
+            out.append("- none")
+        out += ["", "| field | unit | sent | kind | range | not written | description | evidence |"]
+        out.append("|---|---|---|---|---|---|---|---|")
+        for spec in sorted(product.all_fields(), key=lambda s: s.key):
+            field = f"{spec.key}[i]" if spec.array else spec.key
+            low_high = f"{_number(spec.range[0])} … {_number(spec.range[1])}" if spec.range else ""
+            sentinels = ", ".join(_number(v) for v in sorted(spec.sentinels))
+            kind = spec.kind.value + (f" ({spec.health})" if spec.health else "")
+            labels = "; ".join(f"{k} = {v}" for k, v in spec.values.items())
+            desc = spec.desc + (f" [{labels}]" if labels else "")
+            unit, sent = spec.unit.stored, spec.unit.symbol
+            cells = (f"`{field}`", unit, sent, kind, low_high, sentinels, desc, spec.evidence or "")
+            out.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(out) + "\n"
 
 
 def _table(records: list[dict[str, Any]]) -> str:
@@ -78,6 +135,9 @@ def _table(records: list[dict[str, Any]]) -> str:
 def run(args: argparse.Namespace) -> int:
     if args.summary:
         print(summary_markdown(default_catalog()))
+        return 0
+    if args.markdown:
+        print(products_markdown(default_catalog()), end="")
         return 0
     records = schema_records(default_catalog(), args.product)
     print(json.dumps(records, indent=1, ensure_ascii=False) if args.json else _table(records))

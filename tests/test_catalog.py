@@ -1,0 +1,445 @@
+"""The whole catalog: every product file against its fixtures, the real captures and each other.
+
+Parametrised over catalog products x ``tests/fixtures/<slug>/*.json`` (the project's own payloads,
+figures modelled on real devices). The real captures in ``../shared/captures`` are extra evidence:
+the tests that read them skip cleanly when that folder is absent.
+
+Power triples (voltage x current ~ power) live in ``TRIPLES`` below rather than in the catalog
+files: declaring them in TOML would need a model change for a check that only tests make.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+
+from collector.catalog import Catalog, Kind, Product, load_catalog, slugify
+from collector.cli import main
+from collector.cli.schema import products_markdown
+from collector.decoding import decode_bytes, decode_object
+from collector.normalize import KeyReporter, normalize_values, summarize
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
+CAPTURES = ROOT.parent / "shared" / "captures"
+
+CATALOG = load_catalog()
+PRODUCTS = sorted(CATALOG.products)
+
+# Products written before this suite: their header comments name the document's units, and fields
+# without `evidence` there follow the document. Every newer product carries evidence on every field
+# that has a unit (quoting the document where the document states it).
+LEGACY_EVIDENCE = {"delta_pro", "powerstream"}
+
+
+class Triple(NamedTuple):
+    volts: str
+    amps: str
+    watts: str
+    ac: bool = False  # AC: W <= V x A (power factor <= 1) instead of W ~ V x A
+    rel: float = 0.05  # relative tolerance
+    abs_w: float = 3.0  # absolute tolerance, W (one count of a coarse current unit)
+
+
+TRIPLES: dict[str, tuple[Triple, ...]] = {
+    "delta_pro": (
+        Triple("mppt.inVol", "mppt.inAmp", "mppt.inWatts"),
+        Triple("mppt.outVol", "mppt.outAmp", "mppt.outWatts"),
+        Triple("inv.invOutVol", "inv.invOutAmp", "inv.outputWatts", ac=True),
+        Triple("inv.acInVol", "inv.acInAmp", "inv.inputWatts", ac=True),
+    ),
+    "powerstream": (
+        # 0.1 A steps: one count at 30 V is 3 W, so the tolerance is wider (see powerstream.toml)
+        Triple("20_1.pv1InputVolt", "20_1.pv1InputCur", "20_1.pv1InputWatts", rel=0.2, abs_w=4),
+        Triple("20_1.pv2InputVolt", "20_1.pv2InputCur", "20_1.pv2InputWatts", rel=0.2, abs_w=4),
+        Triple("20_1.invOpVolt", "20_1.invOutputCur", "20_1.invOutputWatts", ac=True),
+    ),
+    "delta_2": (
+        Triple("mppt.inVol", "mppt.inAmp", "mppt.inWatts"),
+        Triple("mppt.outVol", "mppt.outAmp", "mppt.outWatts"),
+        Triple("mppt.carOutVol", "mppt.carOutAmp", "mppt.carOutWatts"),
+        Triple("mppt.dcdc12vVol", "mppt.dcdc12vAmp", "mppt.dcdc12vWatts"),
+        Triple("inv.invOutVol", "inv.invOutAmp", "inv.outputWatts", ac=True),
+        Triple("inv.acInVol", "inv.acInAmp", "inv.inputWatts", ac=True),
+    ),
+}
+
+# Real captures per product (file names in ../shared/captures). Tolwi's diagnostics dump keeps the
+# device payload under data.params.
+CAPTURE_FILES: dict[str, tuple[str, ...]] = {
+    "delta_pro": ("deltapro_rustyy-fixture_1.json",),
+    "powerstream": (
+        "powerstream_official-doc_1.json",
+        "powerstream_rustyy-fixture_1.json",
+        "powerstream_shuette42-fixture_1.json",
+        "powerstream_tolwi-diag_1.json",
+    ),
+    "delta_2": (
+        "delta2_rustyy-fixture_1.json",
+        "delta2_official-doc_1.json",
+        "delta2_official-doc_2.json",
+        "delta2_official-doc_3.json",
+        "delta2_official-doc_4.json",
+        "delta2_official-doc_5.json",
+    ),
+}
+
+
+# --- helpers -----------------------------------------------------------------------------------------
+
+
+def _fixture_cases() -> list[tuple[str, str]]:
+    cases = []
+    for slug in PRODUCTS:
+        for path in sorted((FIXTURES / slug).glob("*.json")):
+            cases.append((slug, path.name))
+    return cases
+
+
+FIXTURE_CASES = _fixture_cases()
+CAPTURE_CASES = [(slug, name) for slug, names in sorted(CAPTURE_FILES.items()) for name in names]
+
+
+def _decoded_fixture(slug: str, name: str) -> dict[str, Any]:
+    return dict(decode_bytes((FIXTURES / slug / name).read_bytes()).values)
+
+
+def _capture_object(name: str) -> Any:
+    path = CAPTURES / name
+    if not path.is_file():
+        pytest.skip(f"{path} is absent (shared captures are optional)")
+    obj = json.loads(path.read_text(encoding="utf-8"))
+    if "tolwi-diag" in name:
+        obj = obj["data"]["params"]
+    return obj
+
+
+def _normalized(product: Product, raw: dict[str, Any]) -> dict[str, float]:
+    return normalize_values(product, raw, KeyReporter())
+
+
+def _triple_failures(slug: str, values: dict[str, float]) -> tuple[int, list[str]]:
+    checked, failures = 0, []
+    for triple in TRIPLES.get(slug, ()):
+        volts, amps, watts = (values.get(k) for k in triple[:3])
+        if volts is None or amps is None or watts is None:
+            continue
+        va = abs(volts * amps)
+        if volts == 0:  # no voltage reading: quota/all keeps each key's last report, some are stale
+            continue
+        checked += 1
+        slack = triple.rel * max(va, abs(watts)) + triple.abs_w
+        ok = abs(watts) <= va + slack if triple.ac else abs(va - abs(watts)) <= slack
+        if not ok:
+            failures.append(f"{triple.volts} {volts} V x {triple.amps} {amps} A = {va:.1f} VA vs {watts} W")
+    return checked, failures
+
+
+# --- every fixture ---------------------------------------------------------------------------------
+
+
+def test_every_product_has_fixtures() -> None:
+    assert sorted({slug for slug, _ in FIXTURE_CASES}) == PRODUCTS
+
+
+@pytest.mark.parametrize(("slug", "name"), FIXTURE_CASES)
+def test_every_fixture_key_resolves(slug: str, name: str) -> None:
+    product = CATALOG.products[slug]
+    raw = _decoded_fixture(slug, name)
+    assert raw, f"{name} decoded to nothing"
+    assert sorted(key for key in raw if product.lookup(key) is None) == []
+
+
+@pytest.mark.parametrize(("slug", "name"), FIXTURE_CASES)
+def test_every_converted_value_lies_in_its_range(slug: str, name: str) -> None:
+    product = CATALOG.products[slug]
+    outside = []
+    for key, value in _normalized(product, _decoded_fixture(slug, name)).items():
+        spec = product.lookup(key)
+        assert spec is not None, key
+        if spec.range is not None and not spec.range[0] <= value <= spec.range[1]:
+            outside.append(f"{key}: {value} not in {spec.range}")
+    assert outside == []
+
+
+@pytest.mark.parametrize(("slug", "name"), FIXTURE_CASES)
+def test_power_triples_balance(slug: str, name: str) -> None:
+    _, failures = _triple_failures(slug, _normalized(CATALOG.products[slug], _decoded_fixture(slug, name)))
+    assert failures == []
+
+
+@pytest.mark.parametrize(("slug", "name"), FIXTURE_CASES)
+def test_summary_signs(slug: str, name: str) -> None:
+    product = CATALOG.products[slug]
+    summary = summarize(product, _normalized(product, _decoded_fixture(slug, name)))
+    for field in ("input_w", "output_w", "pv_input_w"):
+        assert summary.get(field, 0.0) >= 0, field
+    if "soc_percent" in summary:
+        assert 0 <= summary["soc_percent"] <= 100
+    stem = Path(name).stem
+    if stem.endswith("_discharging"):
+        assert summary.get("battery_w", -1.0) < 0
+    elif stem.endswith("_charging"):
+        assert summary["battery_w"] > 0
+
+
+# --- every product file ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("slug", PRODUCTS)
+def test_units_carry_evidence(slug: str) -> None:
+    if slug in LEGACY_EVIDENCE:
+        pytest.skip("written before this rule; its header comment names the document's units")
+    product = CATALOG.products[slug]
+    missing = [spec.key for spec in product.all_fields() if spec.unit.symbol and not spec.evidence]
+    assert missing == []
+
+
+@pytest.mark.parametrize("slug", PRODUCTS)
+def test_physical_fields_declare_a_range(slug: str) -> None:
+    product = CATALOG.products[slug]
+    missing = [
+        spec.key
+        for spec in product.all_fields()
+        if spec.unit.symbol
+        and spec.unit.quantity != "timestamp"
+        and spec.kind in (Kind.MEASUREMENT, Kind.COUNTER)
+        and spec.range is None
+    ]
+    assert missing == []
+
+
+@pytest.mark.parametrize("slug", PRODUCTS)
+def test_battery_products_report_health(slug: str) -> None:
+    product = CATALOG.products[slug]
+    if "battery_w" not in product.summary or slug == "powerstream":  # the PowerStream has no pack
+        pytest.skip("no battery of its own")
+    markers = {spec.health for spec in product.all_fields() if spec.health}
+    assert {"soh", "cycles", "full_capacity", "design_capacity"} <= markers
+    for field, marker in (("battery_soh_percent", "soh"), ("battery_cycles", "cycles")):
+        ((key, sign),) = product.summary[field]
+        assert sign == 1.0 and product.fields[key].health == marker
+
+
+def test_serial_prefixes_and_aliases_are_unique() -> None:
+    prefixes = [p for slug in PRODUCTS for p in CATALOG.products[slug].serial_prefixes]
+    assert len(prefixes) == len(set(prefixes))
+    for prefix in prefixes:  # no prefix shadows another product's
+        owners = {slug for slug in PRODUCTS if CATALOG.by_serial(prefix + "X") is CATALOG.products[slug]}
+        assert len(owners) == 1, prefix
+    owner: dict[str, str] = {}
+    for slug in PRODUCTS:
+        product = CATALOG.products[slug]
+        for name in {slugify(n) for n in (product.name, *product.aliases)}:
+            assert owner.setdefault(name, slug) == slug, f"{name!r}: {owner[name]} and {slug}"
+    Catalog(CATALOG.products.values())  # refuses aliases claimed twice
+
+
+# --- real captures (../shared/captures) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("slug", "name"), CAPTURE_CASES)
+def test_every_capture_key_resolves(slug: str, name: str) -> None:
+    values = decode_object(_capture_object(name)).values
+    assert values, f"{name} decoded to nothing"
+    product = CATALOG.products[slug]
+    assert sorted(key for key in values if product.lookup(key) is None) == []
+
+
+@pytest.mark.parametrize(("slug", "name"), CAPTURE_CASES)
+def test_capture_values_lie_in_their_ranges(slug: str, name: str) -> None:
+    product = CATALOG.products[slug]
+    out = _normalized(product, dict(decode_object(_capture_object(name)).values))
+    outside = [
+        f"{key}: {value} not in {spec.range}"
+        for key, value in out.items()
+        if (spec := product.lookup(key)) is not None
+        and spec.range is not None
+        and not spec.range[0] <= value <= spec.range[1]
+    ]
+    assert outside == []
+
+
+@pytest.mark.parametrize(("slug", "name"), CAPTURE_CASES)
+def test_decode_of_a_capture_gives_balanced_si_values(
+    slug: str, name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / name
+    path.write_text(json.dumps(_capture_object(name)), encoding="utf-8")
+    assert main(["decode", "--product", slug, "--sn", "X", "--time-ms", "1", str(path)]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    assert line.startswith(f"{slug},name=X,sn=X ")
+    fields = {k: float(v) for k, v in (pair.split("=") for pair in line.split(" ")[1].split(","))}
+    assert all(math.isfinite(v) for v in fields.values())
+    _, failures = _triple_failures(slug, fields)
+    assert failures == []
+
+
+# --- pinned conversions ------------------------------------------------------------------------------
+
+# (product, fixture) -> stored values expected, written out
+FIXTURE_VALUES: dict[tuple[str, str], dict[str, float]] = {
+    ("delta_2", "quota_all_charging.json"): {
+        "mppt.inVol": 38.45,
+        "mppt.inAmp": 5.21,
+        "mppt.inWatts": 200.0,
+        "mppt.outVol": 53.08,
+        "bms_bmsStatus.vol": 53.016,
+        "bms_bmsStatus.amp": 3.27,
+        "bms_bmsStatus.cellVol[15]": 3.314,
+        "bms_bmsStatus.remainCap": 12.634,
+        "bms_bmsStatus.designCap": 20.0,
+        "bms_bmsStatus.tagChgAmp": 20.0,
+        "bms_emsStatus.chgVol": 55.12,
+        "bms_emsStatus.chgAmp": 25.0,
+        "bms_emsStatus.chgRemainTime": 7500.0,
+        "inv.cfgAcOutVol": 230.0,
+        "inv.standbyMins": 43200.0,
+        "mppt.cfgAcOutVol": 230.0,
+        "mppt.cfgAcOutFreq": 50.0,
+        "mppt.dcChgCurrent": 8.0,
+        "pd.remainTime": 7500.0,
+        "pd.chgSunPower": 48211.0,
+        "pd.lcdOffSec": 300.0,
+    },
+    ("delta_2", "mqtt_inv_status_discharging.json"): {
+        "inv.invOutVol": 230.48,
+        "inv.invOutAmp": 1.47,
+        "inv.outputWatts": 331.0,
+        "inv.cfgAcOutVol": 230.0,
+    },
+    ("delta_2", "mqtt_bms_status_discharging.json"): {
+        "bms_bmsStatus.vol": 51.84,
+        "bms_bmsStatus.amp": -6.72,
+        "bms_bmsStatus.outputWatts": 348.0,
+        "bms_bmsStatus.cellVol[0]": 3.24,
+        "bms_bmsStatus.fullCap": 19.92,
+    },
+    ("delta_2", "mqtt_pd_status_discharging.json"): {
+        "pd.remainTime": -10980.0,
+        "pd.wattsOutSum": 352.0,
+        "pd.dsgPowerAC": 121210.0,
+        "pd.invUsedTime": 3024600.0,
+    },
+    ("delta_2", "mqtt_ems_status_discharging.json"): {
+        "bms_emsStatus.dsgRemainTime": 10980.0,
+        "bms_emsStatus.f32LcdShowSoc": 58.1,
+    },
+}
+
+# (product, fixture) -> keys that arrive but are not written (sentinels)
+FIXTURE_SENTINELS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("delta_2", "quota_all_charging.json"): (
+        "bms_bmsStatus.chgCap",
+        "bms_bmsStatus.dsgCap",
+        "bms_bmsStatus.ecloudOcv",
+        "bms_emsStatus.dsgRemainTime",
+        "pd.minAcoutSoc",
+        "pd.minDsgSoc",
+        "pd.minChgSoc",
+    ),
+    ("delta_2", "mqtt_bms_status_discharging.json"): ("bms_bmsStatus.chgCap",),
+    ("delta_2", "mqtt_ems_status_discharging.json"): ("bms_emsStatus.chgRemainTime",),
+}
+
+FIXTURE_SUMMARIES: dict[tuple[str, str], dict[str, float]] = {
+    ("delta_2", "quota_all_charging.json"): {
+        "soc_percent": 63.4,
+        "input_w": 200.0,
+        "output_w": 18.0,
+        "pv_input_w": 200.0,
+        "battery_w": 182.0,
+        "battery_soh_percent": 100.0,
+        "battery_cycles": 41.0,
+    },
+    ("delta_2", "mqtt_pd_status_discharging.json"): {
+        "input_w": 0.0,
+        "output_w": 352.0,
+        "battery_w": -352.0,
+    },
+}
+
+
+@pytest.mark.parametrize(("slug", "name"), sorted(FIXTURE_VALUES))
+def test_fixture_conversions(slug: str, name: str) -> None:
+    out = _normalized(CATALOG.products[slug], _decoded_fixture(slug, name))
+    expected = FIXTURE_VALUES[(slug, name)]
+    assert {key: out.get(key) for key in expected} == expected
+
+
+@pytest.mark.parametrize(("slug", "name"), sorted(FIXTURE_SENTINELS))
+def test_fixture_sentinels_are_not_written(slug: str, name: str) -> None:
+    raw = _decoded_fixture(slug, name)
+    out = _normalized(CATALOG.products[slug], raw)
+    for key in FIXTURE_SENTINELS[(slug, name)]:
+        assert key in raw and key not in out, key
+
+
+@pytest.mark.parametrize(("slug", "name"), sorted(FIXTURE_SUMMARIES))
+def test_fixture_summaries(slug: str, name: str) -> None:
+    product = CATALOG.products[slug]
+    assert (
+        summarize(product, _normalized(product, _decoded_fixture(slug, name)))
+        == FIXTURE_SUMMARIES[(slug, name)]
+    )
+
+
+def _capture_values(slug: str, name: str) -> dict[str, float]:
+    return _normalized(CATALOG.products[slug], dict(decode_object(_capture_object(name)).values))
+
+
+def test_delta_2_capture() -> None:
+    out = _capture_values("delta_2", "delta2_rustyy-fixture_1.json")
+    assert out["bms_bmsStatus.vol"] == 52.161
+    assert out["bms_bmsStatus.amp"] == -3.753
+    assert out["bms_bmsStatus.vol"] * out["bms_bmsStatus.amp"] == pytest.approx(-195.8, abs=0.05)
+    assert out["bms_bmsStatus.cellVol[2]"] == 3.261
+    assert out["bms_bmsStatus.designCap"] == 20.0
+    assert out["bms_emsStatus.chgVol"] == 54.199
+    assert out["bms_emsStatus.dsgRemainTime"] == 164 * 60.0
+    assert out["pd.remainTime"] == -164 * 60.0
+    assert out["mppt.outVol"] == 52.351
+    assert out["mppt.inVol"] == 1.486
+    assert out["inv.cfgAcOutVol"] == 230.0
+    assert out["inv.cfgAcOutFreq"] == 1.0
+    assert out["mppt.cfgAcOutVol"] == 230.0
+    assert out["bms_kitInfo.watts[0].curPower"] == 199.0
+    for key in (
+        "bms_bmsStatus.chgCap",
+        "bms_bmsStatus.dsgCap",
+        "bms_bmsStatus.ecloudOcv",
+        "bms_emsStatus.chgRemainTime",
+    ):
+        assert key not in out
+    assert summarize(CATALOG.products["delta_2"], out) == {
+        "soc_percent": 46.2,
+        "input_w": 0.0,
+        "output_w": 201.0,
+        "pv_input_w": 0.0,
+        "battery_w": -201.0,
+        "battery_soh_percent": 99.0,
+        "battery_cycles": 73.0,
+    }
+
+
+def test_delta_2_mqtt_reports_get_their_quota_all_prefix() -> None:
+    out = _capture_values("delta_2", "delta2_official-doc_2.json")
+    assert out == {"bms_bmsStatus.vol": 53.251, "bms_bmsStatus.amp": -0.138, "bms_bmsStatus.f32ShowSoc": 79.3}
+    pd = _capture_values("delta_2", "delta2_official-doc_1.json")
+    assert pd["pd.soc"] == 79.0 and "pd.remainTime" not in pd  # -5939: not applicable
+    inv = _capture_values("delta_2", "delta2_official-doc_5.json")
+    assert inv["inv.invOutVol"] == 229.104
+
+
+# --- docs/products.md ------------------------------------------------------------------------------
+
+
+def test_products_doc_is_current() -> None:
+    text = (ROOT / "docs" / "products.md").read_text(encoding="utf-8")
+    assert text == products_markdown(CATALOG), (
+        "regenerate with: ecoflow-collector schema --markdown > docs/products.md"
+    )
