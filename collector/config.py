@@ -97,6 +97,7 @@ class CollectorSection(BaseModel):
     device_list_interval_s: float = Field(1800.0, gt=0)
     status_interval_s: float = Field(60.0, gt=0)
     telemetry_interval_s: float = Field(30.0, gt=0)
+    summary_interval_s: float = Field(900.0, ge=10, le=86_400)  # the one-line `collector.summary` at info
     healthz_port: int | None = Field(None, ge=0, le=65535)
     healthz_host: str = "127.0.0.1"  # 0.0.0.0 to let other machines (or a container runtime) probe it
     shard: str | None = Field(None, pattern=r"^\d+/\d+$")

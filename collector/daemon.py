@@ -26,8 +26,9 @@ from collector.api.errors import ApiError, DeviceReadDenied, RetryBudgetExhauste
 from collector.catalog import Catalog
 from collector.config import Settings
 from collector.decoding import PayloadError, TopicKind, decode_object
+from collector.history.energy import EnergyCounters, Restorer
 from collector.pipeline import Pipeline
-from collector.points import COLLECTOR_MEASUREMENT, Device, Point, status_point
+from collector.points import COLLECTOR_MEASUREMENT, SUMMARY_MEASUREMENT, Device, Point, status_point
 from collector.sink import Sink
 from collector.sources.http import QuotaPoller
 from collector.sources.mqtt import MqttCredentials, MqttSource
@@ -77,6 +78,7 @@ class Collector:
         client_id: str,
         clock_ms: Callable[[], int] = wall_clock_ms,
         shard: tuple[int, int] | None = None,
+        energy_restore: Restorer | None = None,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
@@ -94,10 +96,16 @@ class Collector:
         self._scheduler: BackgroundScheduler | None = None
         self._list_read = False  # the device list was read at least once
         self._list_failures = 0
+        self._poll_failures: dict[str, int] = {}  # sn -> failed polls since its last success
+        self._summary_last: dict[str, int] = {}  # the totals at the last `collector.summary`
+        self._summary_at_ms = clock_ms()
         c = settings.collector
         self._stale_ms = int(c.stale_after_s * 1000)
         self._offline_ms = int(c.offline_after_s * 1000)
         self._watchdog_ms = int(settings.mqtt.watchdog_s * 1000)
+        self.energy = EnergyCounters(
+            c.state_dir / "energy.json", max_gap_s=settings.energy.max_gap_s, restore=energy_restore
+        )
         self.poller = QuotaPoller(self.poll_device)
         self.mqtt = MqttSource(
             client_id=client_id,
@@ -147,9 +155,14 @@ class Collector:
             with self._lock:
                 self.http_errors[type(exc).__name__] += 1
                 self._list_failures += 1
-            log.warning("device_list.failed", error=str(exc))
+            # one warning when it starts failing; the retries and refreshes after it at debug
+            (log.warning if self._list_failures == 1 else log.debug)(
+                "device_list.failed", error=str(exc), failures=self._list_failures
+            )
             self._retry_device_list()
             return
+        if self._list_failures:
+            log.info("device_list.recovered", failures=self._list_failures)
         self._list_read = True
         self._list_failures = 0
         configured = {d.sn: d for d in self.settings.devices}
@@ -191,7 +204,7 @@ class Collector:
             state.listed = online
             changed = not online and state.set_online(Online.OFFLINE)
         if changed:
-            self._write_status(state)
+            self._online_changed(state)
 
     # --- MQTT ----------------------------------------------------------------------------------
 
@@ -232,13 +245,15 @@ class Collector:
                 changed = self._take_mqtt(state, decoded.kind, decoded.online, bool(decoded.values), now)
                 if decoded.kind is TopicKind.STATUS:
                     points = []  # _write_status writes it, with the three-state field
+                else:
+                    self._observe_energy(state, points, now)
             if kind is TopicKind.SET_REPLY:
                 log.info("mqtt.set_reply", sn=sn, values=decoded.values)
             if points:
                 self.last_delivery_ms = now
                 self.sink.submit(points)
             if changed:
-                self._write_status(state)
+                self._online_changed(state)
         except PayloadError as exc:
             self.rejects.reject(sn, kind.value, "malformed", str(exc), len(payload))
         except Exception as exc:  # a bug must not stop the MQTT thread: count, log, go on
@@ -262,6 +277,17 @@ class Collector:
         if state.listed is False:
             state.listed = None  # the device speaks: the list's "offline" is out of date
         return state.set_online(Online.ONLINE)
+
+    def _observe_energy(self, state: DeviceState, points: list[Point], now: int) -> None:
+        """Feed the energy counters with the summary of a device's merged state (under the lock)."""
+        for point in points:
+            if point.measurement == SUMMARY_MEASUREMENT:
+                self.energy.observe(state.device, point.fields, now, live=state.expected_online())
+
+    def _online_changed(self, state: DeviceState) -> None:
+        if state.online is not Online.ONLINE:
+            self.energy.offline(state.device.sn, self.clock_ms())
+        self._write_status(state)
 
     def _after_connect(self) -> None:
         # every reconnect: seed all devices over HTTP, so what MQTT missed meanwhile is filled in
@@ -292,12 +318,19 @@ class Collector:
         except ApiError as exc:
             with self._lock:
                 self.http_errors[type(exc).__name__] += 1
+                failures = self._poll_failures.get(state.device.sn, 0) + 1
+                self._poll_failures[state.device.sn] = failures
+            # one warning when a device's polls start failing (`poll.recovered` when they work again);
             # an open circuit fails every device in turn: the client has said so once already
-            quiet = isinstance(exc, RetryBudgetExhausted)
+            quiet = failures > 1 or isinstance(exc, RetryBudgetExhausted)
             (log.debug if quiet else log.warning)(
                 "poll.failed", sn=state.device.sn, reason=reason, error=str(exc)
             )
             return False
+        with self._lock:
+            failed_polls = self._poll_failures.pop(state.device.sn, 0)
+        if failed_polls:
+            log.info("poll.recovered", sn=state.device.sn, failed_polls=failed_polls)
         if not data:
             return True  # a success with no data (the cloud has nothing for this device)
         now = self.clock_ms()  # the data's time is when it arrived
@@ -306,6 +339,7 @@ class Collector:
                 points = self.pipeline.points(
                     state.device, decode_object(data), state.stamp(now), state.memory
                 )
+                self._observe_energy(state, points, now)
         except PayloadError as exc:
             self.rejects.reject(state.device.sn, "quota_all", "malformed", str(exc), 0)
             return False
@@ -332,7 +366,7 @@ class Collector:
             with self._lock:
                 changed = state.update_online(now, self._offline_ms)
             if changed:
-                self._write_status(state)
+                self._online_changed(state)
         due = 0
         for state in self._pollable():
             if now - state.last_poll_ms < self._stale_ms:
@@ -383,6 +417,9 @@ class Collector:
                 "unknown_keys": float(reporter.unknown_keys),
                 "non_numeric_values": float(reporter.non_numeric_values),
                 "sentinels_skipped": float(reporter.sentinels_skipped),
+                "energy_devices": float(len(self.energy)),
+                "energy_clock_jumps": float(self.energy.clock_jumps),
+                "energy_rejected": float(sum(self.energy.rejected.values())),
             }
         )
         for key, value in sink.items():
@@ -395,6 +432,46 @@ class Collector:
 
     def write_telemetry(self) -> None:
         self.sink.submit([self.telemetry_point()])
+
+    def write_energy(self) -> int:
+        """Persist the energy counters, then hand their points to the sink (in that order: InfluxDB
+        never holds a counter value the state file has not). Returns the number of points."""
+        points = self.energy.points()
+        self.energy.save()
+        if points:
+            self.sink.submit(points)
+        return len(points)
+
+    def log_summary(self) -> dict[str, Any]:
+        """One `collector.summary` line at info: what came in and went out since the last summary
+        (and in total), devices online/known, the spool. Returns the fields it logged."""
+        sink = self.sink.stats()
+        now = self.clock_ms()
+        with self._lock:
+            messages = {f"messages_{kind}": n for kind, n in self.mqtt.messages.items()}
+            totals = {
+                **messages,
+                "messages": sum(messages.values()),
+                "points_written": int(sink.get("points_written", 0)),
+                "rejected": sum(self.rejects.counts.values()),
+                "polls": sum(self.polls.values()),
+            }
+            last, self._summary_last = self._summary_last, totals
+            since_ms, self._summary_at_ms = self._summary_at_ms, now
+        fields: dict[str, Any] = {"period_s": round((now - since_ms) / 1000)}
+        fields.update({key: total - last.get(key, 0) for key, total in totals.items()})
+        fields.update(
+            {f"{key}_total": totals[key] for key in ("messages", "points_written", "rejected", "polls")}
+        )
+        fields.update(
+            mqtt_connected=self.mqtt.connected,
+            devices_online=self.registry.online_count(),
+            devices=len(self.registry),
+            spool_points=int(sink.get("spool_points", 0)),
+            spool_bytes=int(sink.get("spool_bytes", 0)),
+        )
+        log.info("collector.summary", **fields)
+        return fields
 
     def mqtt_delivering(self, now: int) -> bool:
         """Connected, and not silent for a watchdog period while devices should be talking."""
@@ -448,7 +525,9 @@ class Collector:
             (self.refresh_device_list, c.device_list_interval_s),
             (self.write_all_status, c.status_interval_s),
             (self.write_telemetry, c.telemetry_interval_s),
+            (self.write_energy, self.settings.energy.interval_s),
             (self.check_watchdog, min(self.settings.mqtt.watchdog_s / 4, 60.0)),
+            (self.log_summary, c.summary_interval_s),
         ]
         for job, seconds in jobs:
             scheduler.add_job(job, "interval", seconds=seconds, id=job.__name__)
@@ -462,6 +541,7 @@ class Collector:
             self._scheduler.shutdown(wait=False)
         self.poller.stop()
         self.mqtt.stop(timeout=min(2.0, timeout / 4))
+        self.write_energy()
         self.write_telemetry()
         self.sink.close(max(deadline - time.monotonic(), 0.5))
         log.info("collector.stopped")

@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
 
+from collector.catalog import Product, default_catalog
+from collector.history.energy import COUNTERS, POWER_FIELDS, flow_powers
 from collector.simulator.clock import Clock
 
 Value = Any  # int, float, str, list or dict: JSON as the device sends it
@@ -197,6 +199,8 @@ class SimDevice(ABC):
         # set_quota); incremental reports compare just those.
         self._volatile = tuple(recorder.written)
         self._values = dict(recorder)
+        self.meter = EnergyMeter(default_catalog().get(self.product_slug))
+        self.meter.update(self._values)
         self._reported: dict[str, Value] = {}
         self._pending: dict[str, None] = {}  # keys to report first (an ordered set)
         self._changed: list[str] = []  # volatile keys not reported with their current value
@@ -250,6 +254,13 @@ class SimDevice(ABC):
             entry["productName"] = self.product_name
         return entry
 
+    def energy_totals(self) -> dict[str, float]:
+        """Wh of each flow the device's reported powers carried since it was created, up to the
+        clock's current time (the truth a collector's energy counters are checked against)."""
+        with self._lock:
+            self._advance()
+            return self.meter.totals()
+
     @property
     def soc(self) -> float:
         with self._lock:
@@ -265,6 +276,7 @@ class SimDevice(ABC):
             if key in self._values:
                 self._pending[key] = None
             self._compute(self._t, 0.0)
+            self.meter.update(self._values)
             self._stale = True
 
     def _apply(self, key: str, value: Value) -> None:
@@ -281,8 +293,10 @@ class SimDevice(ABC):
         self._stale = True
         while now - self._t > 1e-9:
             dt = min(_MAX_STEP_S, now - self._t)
+            self.meter.hold(dt)  # what was reported at self._t holds until the step's end
             self._t += dt
             self._compute(self._t, dt)
+            self.meter.update(self._values)
 
     @abstractmethod
     def _initial_values(self) -> dict[str, Value]:
@@ -298,6 +312,43 @@ class SimDevice(ABC):
 
 
 _UNSET: Final = object()
+
+
+class EnergyMeter:
+    """Integrates the summary's power flows of a device's reported values, exactly, over simulated
+    time: the values computed at one step hold until the next, as a reader of the device sees them.
+    Units and summary terms come from the catalog (the simulator restates none)."""
+
+    __slots__ = ("_powers", "_terms", "_wh")
+
+    def __init__(self, product: Product | None) -> None:
+        # summary field -> (quota key, sign x factor to the stored unit)
+        self._terms: dict[str, list[tuple[str, float]]] = {}
+        if product is not None:
+            for name in POWER_FIELDS:
+                terms = []
+                for key, sign in product.summary.get(name, ()):
+                    spec = product.lookup(key)
+                    if spec is not None:
+                        terms.append((key, sign * spec.mul / spec.div))
+                if terms:
+                    self._terms[name] = terms
+        self._powers: list[float] = [0.0] * len(COUNTERS)
+        self._wh: list[float] = [0.0] * len(COUNTERS)
+
+    def update(self, values: Mapping[str, Value]) -> None:
+        summary = {
+            name: sum(float(values[key]) * factor for key, factor in terms)
+            for name, terms in self._terms.items()
+        }
+        self._powers = [power or 0.0 for power in flow_powers(summary)]
+
+    def hold(self, dt: float) -> None:
+        for i, power in enumerate(self._powers):
+            self._wh[i] += power * dt / 3600.0
+
+    def totals(self) -> dict[str, float]:
+        return dict(zip(COUNTERS, self._wh, strict=True))
 
 
 class _WriteRecorder(dict[str, Value]):
