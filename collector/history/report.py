@@ -291,10 +291,11 @@ def energy_report(
     Rows are ordered by device name, serial, then period. Raises InfluxQLError."""
     now = now or datetime.now(UTC)
     history_bucket = history_bucket or bucket
-    bounds = [b for b in period_bounds(start, end, by, tz) if b < now]
+    every = period_bounds(start, end, by, tz)
+    bounds = [b for b in every[:-1] if b < now]  # the periods that have begun
     if not bounds:
         return []
-    bounds.append(next_period(bounds[-1], by, tz))
+    bounds.append(every[len(bounds)])
     edges = [to_ms(b) for b in bounds]
     start_ms, end_ms, now_ms = edges[0], edges[-1], to_ms(now)
     fetch_end = min(end_ms, now_ms + 1)
