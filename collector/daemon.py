@@ -79,6 +79,7 @@ class Collector:
         clock_ms: Callable[[], int] = wall_clock_ms,
         shard: tuple[int, int] | None = None,
         energy_restore: Restorer | None = None,
+        rollup_job: Callable[[], Any] | None = None,
     ) -> None:
         self.settings = settings
         self.catalog = catalog
@@ -93,6 +94,7 @@ class Collector:
         self.last_delivery_ms = 0  # last time any source delivered data
         self._lock = threading.RLock()
         self._shard = shard
+        self._rollup_job = rollup_job  # the hourly rollups ([history]); None where there is no InfluxDB
         self._scheduler: BackgroundScheduler | None = None
         self._list_read = False  # the device list was read at least once
         self._list_failures = 0
@@ -531,6 +533,14 @@ class Collector:
         ]
         for job, seconds in jobs:
             scheduler.add_job(job, "interval", seconds=seconds, id=job.__name__)
+        if self._rollup_job is not None:  # first a minute after the start, to catch up soon
+            scheduler.add_job(
+                self._rollup_job,
+                "interval",
+                seconds=self.settings.history.interval_s,
+                next_run_time=_after(60),
+                id="rollups",
+            )
         scheduler.start()
         log.info("collector.started", devices=len(self.registry), client_id=self.mqtt.client_id)
 

@@ -23,9 +23,17 @@ from collector.catalog import default_catalog
 from collector.config import settings_from_values
 from collector.daemon import Collector
 from collector.decoding import TopicKind
-from collector.history.energy import COUNTERS, EnergyCounters, restore_rows, summary_limits
+from collector.history.energy import (
+    COUNTERS,
+    EnergyCounters,
+    influx_restorer,
+    restore_rows,
+    summary_limits,
+)
+from collector.history.influxql import InfluxQL
 from collector.points import Device
 from collector.sink.linefile import LineFileSink
+from collector.testbed import InfluxServer
 
 DP = Device.resolve(default_catalog(), "DCABZ0000000001", "Garage", "delta_pro")
 PS = Device.resolve(default_catalog(), "HW51000000000001", "Balcony", "powerstream")
@@ -374,3 +382,28 @@ def test_sigkill_during_saves_never_loses_or_corrupts_the_counters(tmp_path: Pat
     assert totals[0] >= 499.0
     assert totals[1] >= totals[0] + 499.0
     assert totals[2] >= totals[1] + 499.0
+
+
+def test_missing_file_restores_from_the_real_influxdb(
+    tmp_path: Path, influx_server: InfluxServer, influx_db: str
+) -> None:
+    dp = f"product=delta_pro,sn={DP.sn}"
+    influx_server.write_lines(
+        influx_db,
+        [
+            f"ecoflow_energy,name=Old,{dp} pv_input_wh=10.5,covered_s=60,gap_s=0 1000",
+            f"ecoflow_energy,name=Garage,{dp} pv_input_wh=99.25,covered_s=900,gap_s=30 7000",
+            f"ecoflow_energy,name=Garage,{dp} pv_input_wh=42.0,covered_s=300,gap_s=0 4000",
+            f"ecoflow_energy,name=Balcony,product=powerstream,sn={PS.sn} output_wh=5.5,covered_s=10 2000",
+        ],
+        precision="ms",
+    )
+    with InfluxQL(influx_server.url, token="t") as client, capture_logs() as logs:
+        energy = EnergyCounters(tmp_path / "energy.json", restore=influx_restorer(client, influx_db))
+    assert [(e["event"], e["from_influxdb"]) for e in logs if e["event"] == "energy.restored"] == [
+        ("energy.restored", 2)
+    ]
+    assert energy.snapshot()[DP.sn]["pv_input_wh"] == 99.25  # the newest row of the most advanced series
+    assert energy.snapshot()[PS.sn]["output_wh"] == 5.5
+    energy.observe(DP, dp_summary(pv=360, load=0), 8000, live=True)  # from InfluxDB's 7 s: a 1 s gap
+    assert energy.snapshot()[DP.sn]["gap_s"] == 31.0

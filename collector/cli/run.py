@@ -20,6 +20,9 @@ from collector.cli import UsageError
 from collector.config import ConfigError, Settings, load_settings
 from collector.daemon import Collector
 from collector.health import HealthServer
+from collector.history.energy import influx_restorer
+from collector.history.influxql import InfluxQL
+from collector.history.rollup import RollupJob
 from collector.logs import configure
 from collector.sink.influx import InfluxWriter
 from collector.statedir import StateDir, StateDirError
@@ -70,8 +73,17 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise UsageError(f"healthz on {host}:{port}: {exc.strerror}") from None
     sink = InfluxWriter.from_settings(settings)
+    history = InfluxQL.from_settings(settings.influxdb)
+    rollups = RollupJob(settings, client=history)
     collector = Collector(
-        settings, catalog, client, sink, client_id=client_id, shard=parse_shard(settings.collector.shard)
+        settings,
+        catalog,
+        client,
+        sink,
+        client_id=client_id,
+        shard=parse_shard(settings.collector.shard),
+        energy_restore=influx_restorer(history, settings.influxdb.bucket),
+        rollup_job=rollups.run,
     )
     stop = threading.Event()
 
@@ -92,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
         if health is not None:
             health.stop()
         client.close()
+        history.close()
         state_dir.unlock()
     # Everything accepted is now in InfluxDB or the spool. A scheduler job may still be waiting on
     # an HTTP call to an unreachable cloud: do not let interpreter shutdown wait for it.

@@ -39,6 +39,7 @@ from typing import Any, Final
 import structlog
 
 from collector.catalog import Product
+from collector.history.influxql import InfluxQL, quote_ident
 from collector.points import Device, Point
 from collector.statedir import write_atomic
 
@@ -152,7 +153,9 @@ class DeviceEnergy:
 
 
 def _counter(data: Mapping[str, Any], name: str) -> float:
-    value = data.get(name, 0.0)
+    value = data.get(name)
+    if value is None:  # never written (e.g. a product without that flow)
+        return 0.0
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{name} is not a number")
     if not math.isfinite(value) or value < 0:
@@ -352,3 +355,14 @@ def restore_rows(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]
         ) + (current.get("gap_s") or 0):
             best[sn] = dict(row)
     return best
+
+
+def influx_restorer(client: InfluxQL, bucket: str) -> Restorer:
+    """Counters from InfluxDB: the newest `ecoflow_energy` row of every series, the most advanced
+    one per serial (`time` in ms)."""
+
+    def restore() -> dict[str, dict[str, Any]]:
+        query = f"SELECT * FROM {quote_ident(ENERGY_MEASUREMENT)} GROUP BY * ORDER BY time DESC LIMIT 1"
+        return restore_rows({**row.tags, **row.values} for row in client.rows(bucket, query))
+
+    return restore
