@@ -66,6 +66,15 @@ TRIPLES: dict[str, tuple[Triple, ...]] = {
         Triple("inv.invOutVol", "inv.invOutAmp", "inv.outputWatts", ac=True),
         Triple("inv.acInVol", "inv.acInAmp", "inv.inputWatts", ac=True),
     ),
+    "delta_2_max": (
+        Triple("mppt.inVol", "mppt.inAmp", "mppt.inWatts"),
+        Triple("mppt.pv2InVol", "mppt.pv2InAmp", "mppt.pv2InWatts"),
+        Triple("mppt.outVol", "mppt.outAmp", "mppt.outWatts"),
+        Triple("mppt.carOutVol", "mppt.carOutAmp", "mppt.carOutWatts"),
+        Triple("mppt.dcdc12vVol", "mppt.dcdc12vAmp", "mppt.dcdc12vWatts"),
+        Triple("inv.invOutVol", "inv.invOutAmp", "inv.outputWatts", ac=True),
+        Triple("inv.acInVol", "inv.acInAmp", "inv.inputWatts", ac=True),
+    ),
 }
 
 # Real captures per product (file names in ../shared/captures). Tolwi's diagnostics dump keeps the
@@ -85,6 +94,12 @@ CAPTURE_FILES: dict[str, tuple[str, ...]] = {
         "delta2_official-doc_3.json",
         "delta2_official-doc_4.json",
         "delta2_official-doc_5.json",
+    ),
+    "delta_2_max": (
+        "delta2max_unidentified-go-test_1.json",
+        "delta2max_unidentified-go-test_2.json",
+        "delta2max_unidentified-go-test_3.json",
+        "delta2max_unidentified-go-test_4.json",
     ),
 }
 
@@ -331,6 +346,44 @@ FIXTURE_VALUES: dict[tuple[str, str], dict[str, float]] = {
     },
 }
 
+FIXTURE_VALUES |= {
+    ("delta_2_max", "quota_all_charging.json"): {
+        "mppt.inVol": 41.2,
+        "mppt.inAmp": 7.28,
+        "mppt.inWatts": 300.0,
+        "mppt.pv2InVol": 39.5,
+        "mppt.pv2InAmp": 6.32,
+        "mppt.pv2InWatts": 249.6,
+        "mppt.outVol": 53.41,
+        "mppt.outAmp": 9.87,
+        "bms_bmsStatus.vol": 53.33,
+        "bms_bmsStatus.amp": 8.61,
+        "bms_bmsStatus.designCap": 40.0,
+        "inv.invOutVol": 230.15,
+        "inv.invOutAmp": 0.178,
+        "inv.cfgAcOutVol": 230.0,
+        "inv.standbyMin": 43200.0,
+        "pd.remainTime": 5880.0,
+        "pd.chgSunPower": 311902.0,
+    },
+    ("delta_2_max", "mqtt_pd_status_discharging.json"): {
+        "pd.wattsOutSum": 412.0,
+        "pd.invOutWatts": 400.0,
+        "pd.XT150Watts2": -120.0,
+        "pd.remainTime": -15900.0,
+    },
+    ("delta_2_max", "mqtt_kit_info.json"): {
+        "bms_kitInfo.watts[1].curPower": -118.0,
+        "bms_kitInfo.watts[1].f32Soc": 44.1,
+        "bms_kitInfo.watts[1].type": 81.0,
+    },
+    ("delta_2_max", "mqtt_inv_status_discharging.json"): {
+        "inv.invOutVol": 229.87,
+        "inv.invOutAmp": 1.79,
+        "inv.outputWatts": 400.0,
+    },
+}
+
 # (product, fixture) -> keys that arrive but are not written (sentinels)
 FIXTURE_SENTINELS: dict[tuple[str, str], tuple[str, ...]] = {
     ("delta_2", "quota_all_charging.json"): (
@@ -347,6 +400,20 @@ FIXTURE_SENTINELS: dict[tuple[str, str], tuple[str, ...]] = {
 }
 
 FIXTURE_SUMMARIES: dict[tuple[str, str], dict[str, float]] = {
+    ("delta_2_max", "quota_all_charging.json"): {
+        "soc_percent": 71.2,
+        "input_w": 550.0,
+        "output_w": 64.0,
+        "pv_input_w": 549.6,
+        "battery_w": 486.0,
+        "battery_soh_percent": 98.0,
+        "battery_cycles": 112.0,
+    },
+    ("delta_2_max", "mqtt_pd_status_discharging.json"): {
+        "input_w": 120.0,
+        "output_w": 412.0,
+        "battery_w": -292.0,
+    },
     ("delta_2", "quota_all_charging.json"): {
         "soc_percent": 63.4,
         "input_w": 200.0,
@@ -433,6 +500,25 @@ def test_delta_2_mqtt_reports_get_their_quota_all_prefix() -> None:
     assert pd["pd.soc"] == 79.0 and "pd.remainTime" not in pd  # -5939: not applicable
     inv = _capture_values("delta_2", "delta2_official-doc_5.json")
     assert inv["inv.invOutVol"] == 229.104
+
+
+def test_delta_2_max_mqtt_reports() -> None:
+    pd = _capture_values("delta_2_max", "delta2max_unidentified-go-test_3.json")
+    assert pd == {
+        "pd.XT150Watts2": -96.0,
+        "pd.wattsInSum": 96.0,
+        **{f"pd.icoBytes[{i}]": 0.0 for i in range(14)},
+    } | {
+        "pd.icoBytes[1]": 8.0,
+        "pd.icoBytes[2]": 136.0,
+        "pd.icoBytes[4]": 128.0,
+    }
+    kit = _capture_values("delta_2_max", "delta2max_unidentified-go-test_2.json")
+    assert kit["bms_kitInfo.watts[1].curPower"] == -100.0
+    assert kit["bms_kitInfo.watts[1].f32Soc"] == 26.25
+    out = _capture_values("delta_2_max", "delta2max_unidentified-go-test_1.json")
+    assert out["pd.wattsOutSum"] == out["pd.invOutWatts"] == 136.0
+    assert out["pd.remainTime"] == 444 * 60.0
 
 
 # --- docs/products.md ------------------------------------------------------------------------------
