@@ -1,7 +1,10 @@
 """Generates grafana/dashboards/*.json (the dashboards are code; edit here, then run this).
 
-    python3 grafana/build.py            # rewrite grafana/dashboards/*.json
+    python3 grafana/build.py            # rewrite grafana/dashboards/*.json and the alerting files
     python3 grafana/build.py --check    # exit 1 if a file differs from what this script makes
+
+The alerting provisioning (grafana/provisioning/alerting/, grafana/alerting-extras/) is made by
+grafana/alerting.py, called from here.
 
 Every query is InfluxQL that InfluxDB 1.8, 2.x (v1-compatible /query with a DBRP mapping) and 3.x
 all run: no INTEGRAL() (3.x lacks it; energy is summed from 1-minute means instead), no SHOW SERIES
@@ -22,6 +25,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
+sys.path.insert(0, str(ROOT))
+
+import alerting  # noqa: E402  (grafana/alerting.py: the alerting provisioning files)
 
 from collector.catalog import Product, default_catalog  # noqa: E402
 
@@ -1694,6 +1700,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.check:
                 DASHBOARDS.mkdir(parents=True, exist_ok=True)
                 path.write_text(text, encoding="utf-8")
+    stale += alerting.stale(write=not args.check)
     if args.check and stale:
         print(f"stale: {', '.join(stale)} (run python3 grafana/build.py)", file=sys.stderr)
         return 1

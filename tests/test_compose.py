@@ -404,3 +404,47 @@ def test_the_demo_profile_fills_influxdb_and_reports_healthy(
         shutil.rmtree(broker_dir, ignore_errors=True)
     # a stopped health server: the check fails
     assert subprocess.run(healthcheck, env=health_env, capture_output=True, timeout=10).returncode == 1
+
+
+def test_grafana_reads_the_alerting_provisioning_with_every_variable_it_names() -> None:
+    """The provisioning mount covers /etc/grafana/provisioning/alerting (rules, contact point, policies,
+    templates) and Grafana's environment has every ${VAR} those files and the optional contact points
+    name, filled from .env.example with usable values."""
+    grafana = services()["grafana"]
+    mounts = [m.split(":") for m in grafana["volumes"]]
+    (source,) = [s for s, target, *_ in mounts if target == "/etc/grafana/provisioning"]
+    alerting = ROOT / source / "alerting"
+    assert sorted(p.name for p in alerting.iterdir()) == [
+        "contact-points.yaml",
+        "policies.yaml",
+        "rules.yaml",
+        "templates.yaml",
+    ]
+    files = [*(ROOT / source).rglob("*.yaml"), *(ROOT / "grafana" / "alerting-extras").glob("*.yaml")]
+    named = set()
+    for path in files:
+        text = "\n".join(
+            line
+            for line in path.read_text(encoding="utf-8").splitlines()
+            if not line.lstrip().startswith("#")
+        )
+        named |= set(re.findall(r"\$\{(\w+)\}", text))
+    env = grafana["environment"]
+    assert {"ALERT_WEBHOOK_URL", "ALERT_DEVICE_OFFLINE_FOR", "ALERT_TELEGRAM_BOT_TOKEN"} <= named
+    assert named <= set(env), f"not passed to Grafana: {sorted(named - set(env))}"
+    example = env_example()
+    resolved = interpolate(env, example)
+    assert re.fullmatch(r"https?://\S+", resolved["ALERT_WEBHOOK_URL"])
+    assert (
+        interpolate(env, {**example, "ALERT_WEBHOOK_URL": "https://hooks.example/x"})["ALERT_WEBHOOK_URL"]
+        == "https://hooks.example/x"
+    )
+    durations = sorted(n for n in named if n.endswith("_FOR"))
+    assert len(durations) == 8
+    for name in durations:
+        # Grafana's duration syntax; .env.example shows the same default compose falls back to
+        assert re.fullmatch(r"\d+(ms|s|m|h|d)", resolved[name]), name
+        assert env[name] == f"${{{name}:-{example[name]}}}", name
+    for name in ("ALERT_TELEGRAM_BOT_TOKEN", "ALERT_TELEGRAM_CHAT_ID", "ALERT_EMAIL_ADDRESSES"):
+        assert env[name] == f"${{{name}:-}}" and example[name] == ""
+    assert resolved["GF_SMTP_ENABLED"] == "false"
