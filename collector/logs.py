@@ -17,6 +17,8 @@ _SECRET_KEYS = re.compile(
     re.IGNORECASE,
 )
 REDACTED = "**redacted**"
+# stdlib loggers that log per run or per request at INFO: WARNING and above unless at debug
+QUIET_LIBRARY_LOGGERS = ("apscheduler",)
 
 
 def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -45,7 +47,7 @@ _json_traceback = structlog.processors.ExceptionRenderer(
 )
 
 
-class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """A stdlib handler writing to whatever sys.stderr is at the moment of each record."""
 
     @property
@@ -79,7 +81,7 @@ def configure(level: str = "info", fmt: str = "console") -> None:
         logger_factory=_stderr_logger,
         cache_logger_on_first_use=False,
     )
-    handler = _StderrHandler()
+    handler = StderrHandler()
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
@@ -87,8 +89,13 @@ def configure(level: str = "info", fmt: str = "console") -> None:
         )
     )
     root = logging.getLogger()
-    root.handlers = [handler]
+    # ours replaces the one an earlier call installed; a host's handlers (pytest's capture) stay
+    root.handlers = [h for h in root.handlers if not isinstance(h, StderrHandler)] + [handler]
     root.setLevel(max(numeric_level, logging.INFO))  # libraries' debug chatter stays out
+    # APScheduler says "Running job ..." and "... executed successfully" at INFO on every run of
+    # every job: only at debug. Its warnings (a run missed, skipped) and errors (a job raised) stay.
+    for name in QUIET_LIBRARY_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO if numeric_level <= logging.DEBUG else logging.WARNING)
     threading.excepthook = _log_thread_exception
 
 

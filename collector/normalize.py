@@ -48,7 +48,8 @@ class KeyReporter:
     def non_numeric(self, slug: str, key: str, value: str) -> None:
         self.non_numeric_values += 1
         if self._first("text", slug, key):
-            log.info("catalog.non_numeric_value", product=slug, key=key, value=value[:64])
+            # expected for text fields (timestamps, serials): counted in the telemetry, at debug here
+            log.debug("catalog.non_numeric_value", product=slug, key=key, value=value[:64])
 
 
 _default_reporter = KeyReporter()

@@ -7,10 +7,15 @@
   ``/open/{user}/#`` ACL; one user, ``MQTT_USER``/``MQTT_PASSWORD`` (also in ``.users``).
 
 A missing server binary FAILS the tests that need it (no skip): run ``.ci/install-servers.sh``.
+
+Logging: every structlog event becomes a stdlib log record of its logger (``collector.*``), which
+pytest captures and shows with a failing test's report; nothing is printed to the terminal.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from typing import TypeVar
@@ -18,6 +23,7 @@ from typing import TypeVar
 import pytest
 import structlog
 
+from collector.logs import StderrHandler
 from collector.testbed import InfluxServer, MosquittoServer, ServerNotInstalledError, TestbedError
 
 MQTT_USER = "open-testbed-user"
@@ -66,9 +72,37 @@ def mosquitto_server() -> Iterator[MosquittoServer]:
         server.stop()
 
 
+def _log_to_records() -> None:
+    """structlog events as stdlib records (all levels): pytest's log capture takes them, where
+    structlog's default would print them to stdout (past pytest's capture, from threads a test left)."""
+    structlog.reset_defaults()
+    structlog.configure(
+        processors=[structlog.contextvars.merge_contextvars, structlog.dev.ConsoleRenderer(colors=False)],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG),
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        cache_logger_on_first_use=False,
+    )
+    collector = logging.getLogger("collector")
+    collector.setLevel(logging.DEBUG)
+    if not collector.handlers:  # a handler of its own: stdlib's last resort never prints them
+        collector.addHandler(logging.NullHandler())
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    _log_to_records()
+
+
 @pytest.fixture(autouse=True)
 def _fresh_logging() -> Iterator[None]:
-    """Commands under test configure structlog (level, renderer) for the whole process: undo that
-    after each test, so the next one sees every event (capture_logs filters nothing by level)."""
+    """Commands under test call `collector.logs.configure()` (structlog level and renderer, a stderr
+    handler on the root logger) for the whole process: undo that after each test, so the next one
+    sees every event (capture_logs filters nothing by level) and nothing reaches the terminal."""
+    root = logging.getLogger()
+    level, excepthook = root.level, threading.excepthook
     yield
-    structlog.reset_defaults()
+    for handler in root.handlers[:]:
+        if isinstance(handler, StderrHandler):
+            root.removeHandler(handler)
+    root.setLevel(level)
+    threading.excepthook = excepthook  # pytest's, which turns a thread's exception into a failure
+    _log_to_records()

@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from collector.api.client import EcoflowClient, RequestBudget
 from collector.catalog import default_catalog
 from collector.config import Settings, settings_from_values
-from collector.daemon import Collector
+from collector.daemon import Collector, wall_clock_ms
 from collector.decoding import decode_bytes
 from collector.normalize import normalize_values
+from collector.simulator.publisher import Publisher
 from collector.simulator.server import LocalCloud
 from collector.sink.influx import InfluxWriter
 from collector.state import Online
@@ -58,9 +60,13 @@ def make_settings(
 def running(settings: Settings, clock_ms: Callable[[], int] | None = None) -> Iterator[Collector]:
     client = EcoflowClient.from_settings(settings.ecoflow, budget=RequestBudget())
     sink = InfluxWriter.from_settings(settings)
-    kwargs = {"clock_ms": clock_ms} if clock_ms else {}
     collector = Collector(
-        settings, default_catalog(), client, sink, client_id=f"test-{time.time_ns()}", **kwargs
+        settings,
+        default_catalog(),
+        client,
+        sink,
+        client_id=f"test-{time.time_ns()}",
+        clock_ms=clock_ms or wall_clock_ms,
     )
     collector.start()
     try:
@@ -68,6 +74,12 @@ def running(settings: Settings, clock_ms: Callable[[], int] | None = None) -> It
     finally:
         collector.stop(timeout=5)
         client.close()
+
+
+def publisher_of(cloud: LocalCloud) -> Publisher:
+    """The cloud's MQTT publisher (there is one when the cloud was given a broker)."""
+    assert cloud.publisher is not None, "this LocalCloud was started without a broker"
+    return cloud.publisher
 
 
 def account_client(broker: MosquittoServer, user: str, password: str, name: str) -> mqtt.Client:
@@ -86,7 +98,9 @@ class Capture:
     def __init__(self, broker: MosquittoServer, user: str, password: str) -> None:
         self.messages: dict[str, list[bytes]] = {}
         self._client = account_client(broker, user, password, "capture")
-        self._client.on_message = lambda _c, _u, m: self.messages.setdefault(m.topic, []).append(m.payload)
+        self._client.on_message = lambda _c, _u, m: self.messages.setdefault(m.topic, []).append(
+            bytes(m.payload)
+        )
         subscribed = threading.Event()
         self._client.on_subscribe = lambda *_a: subscribed.set()
         self._client.on_connect = lambda c, *_a: c.subscribe(f"/open/{user}/#", qos=1)
@@ -109,6 +123,12 @@ def rows(influx: InfluxServer, db: str, measurement: str, sn: str) -> list[dict[
     return influx.rows(db, f"SELECT * FROM \"{measurement}\" WHERE sn = '{sn}'", epoch="ms")
 
 
+def rows_beyond(influx: InfluxServer, db: str, measurement: str, sn: str, count: int) -> list[dict[str, Any]]:
+    """All rows of a device once there are more than `count`, else none."""
+    found = rows(influx, db, measurement, sn)
+    return found if len(found) > count else []
+
+
 def test_quota_reports_of_both_products_arrive_with_the_right_values(
     cloud: LocalCloud,
     mosquitto_server: MosquittoServer,
@@ -126,17 +146,15 @@ def test_quota_reports_of_both_products_arrive_with_the_right_values(
             wait_for(lambda: collector.polls["startup"] == 2, what="start-up seeding")
             for device in cloud.devices:
                 # an HTTP seed landed at start-up: dashboards are complete at once
-                wait_for(lambda d=device: rows(influx_server, influx_db, d.product_slug, d.sn), what="seed")
-                before = len(rows(influx_server, influx_db, device.product_slug, device.sn))
-                cloud.publisher.publish_report(device, full=True)
+                where = (influx_server, influx_db, device.product_slug, device.sn)
+                wait_for(partial(rows, *where), what="seed")
+                before = len(rows(*where))
+                publisher_of(cloud).publish_report(device, full=True)
                 stored = wait_for(
-                    lambda d=device, n=before: (
-                        (r := rows(influx_server, influx_db, d.product_slug, d.sn))[n:] and r
-                    ),
-                    what=f"the MQTT report of {device.sn}",
+                    partial(rows_beyond, *where, before), what=f"the MQTT report of {device.sn}"
                 )
                 topic = f"/open/{account.certificate_account}/{device.sn}/quota"
-                payload = wait_for(lambda t=topic: capture.messages.get(t), what="captured payload")[-1]
+                payload = wait_for(partial(capture.messages.get, topic), what="captured payload")[-1]
                 expected = normalize_values(
                     catalog.products[device.product_slug], decode_bytes(payload).values
                 )
@@ -205,7 +223,7 @@ def test_hostile_payloads_are_counted_and_the_daemon_goes_on(
             assert collector.rejects.counts["too_large"] == 1
             assert collector.rejects.counts["malformed"] == len(hostile) - 1
             before = len(rows(influx_server, influx_db, device.product_slug, device.sn))
-            cloud.publisher.publish_report(device, full=True)
+            publisher_of(cloud).publish_report(device, full=True)
             wait_for(
                 lambda: len(rows(influx_server, influx_db, device.product_slug, device.sn)) > before,
                 what="a good report after the hostile ones",

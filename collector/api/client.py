@@ -130,17 +130,22 @@ class RequestBudget:
 
     def succeeded(self) -> None:
         with self._lock:
+            was_open, failures = self._opened_at is not None, self._failures
             self._failures = 0
             self._opened_at = None
             self._probing = False
+        if was_open:
+            log.info("api.circuit_closed", failures=failures)
 
     def failed(self, reason: str) -> None:
         with self._lock:
             self._failures += 1
             self._last_failure = reason
             if self._probing or self._failures >= self.failures_to_open:
+                # one warning when it opens (and `api.circuit_closed` when it closes); a failed probe
+                # keeps it open, at debug
                 if self._opened_at is None or self._probing:
-                    log.warning(
+                    (log.warning if self._opened_at is None else log.debug)(
                         "api.circuit_open", failures=self._failures, cooldown_s=self.cooldown_s, reason=reason
                     )
                 self._opened_at = self._clock()
@@ -368,7 +373,9 @@ class EcoflowClient:
         delay = self.retry.delay(retry - 1, self._unit_random())
         if failure.retry_after_s is not None:
             delay = max(delay, failure.retry_after_s)
-        log.warning("api.retry", method=method, path=path, reason=failure.reason, retry=retry, delay_s=delay)
+        # per request, so at debug: a request that fails for good is logged by its caller, and a
+        # cloud that keeps failing opens the circuit (one warning)
+        log.debug("api.retry", method=method, path=path, reason=failure.reason, retry=retry, delay_s=delay)
         return delay
 
     def _attempt(self, request: PreparedRequest, retry: int) -> Envelope:
@@ -396,12 +403,12 @@ class EcoflowClient:
             "duration_ms": duration_ms,
         }
         if status in RETRY_STATUSES:
-            log.info("api.request", **fields, retry=retry)
+            log.debug("api.request", **fields, retry=retry)
             raise _Retryable(f"HTTP {status}", _retry_after(response.headers.get("Retry-After")))
         envelope = _envelope(response.data)
         code = envelope.code if envelope else None
-        # one line per call at fleet scale: successes at debug, anything else at info
-        (log.debug if code == "0" else log.info)("api.request", **fields, code=code, retry=retry)
+        # one line per call, at debug: an error answer reaches the caller, which logs what it means
+        log.debug("api.request", **fields, code=code, retry=retry)
         what = f"EcoFlow API {request.method} {request.path}: HTTP {status}"
         if 200 <= status < 300:
             if envelope is None:
