@@ -121,12 +121,15 @@ def main() -> None:
             return "\n".join(p.to_line() for p in points)
 
         fields = sum(len(p.fields) for p in pipeline.process(device, payload, TopicKind.QUOTA, TIME_MS)[1])
+
+        def json_path(feed: Iterator[bytes] = feed) -> Any:
+            return json.loads(next(feed))
+
+        def orjson_path(feed: Iterator[bytes] = feed) -> Any:
+            return orjson.loads(next(feed))
+
         rounds = measure(
-            [
-                lambda feed=feed: json.loads(next(feed)),
-                lambda feed=feed: orjson.loads(next(feed)),
-                full_path,
-            ],
+            [json_path, orjson_path, full_path],
             args.seconds,
         )
         json_s, orjson_s, full_s = (statistics.median(r[i] for r in rounds) for i in range(3))

@@ -12,6 +12,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import pytest
 from collector.simulator.server import LocalCloud
 from collector.testbed import InfluxServer, MosquittoServer
 from collector.testbed.ports import free_port
-from tests.test_daemon import wait_for
+from tests.test_daemon import publisher_of, wait_for
 
 
 def toml_value(value: Any) -> str:
@@ -148,8 +149,13 @@ def seeded_then_influx_killed(
         process.stop()
 
 
+def rows_reach(influx: InfluxServer, device: Any, count: int, *, exactly: bool = False) -> bool:
+    found = len(device_rows(influx, device))
+    return found == count if exactly else found >= count
+
+
 def published(cloud: LocalCloud, sn: str) -> int:
-    return sum(1 for r in cloud.publisher.records if r.sn == sn and r.kind == "quota")
+    return sum(1 for r in publisher_of(cloud).records if r.sn == sn and r.kind == "quota")
 
 
 def test_run_serves_healthz_and_stops_cleanly_on_sigterm(
@@ -205,14 +211,14 @@ def test_influxdb_outage_loses_no_point_and_duplicates_none(
     ):
         for _ in range(40):
             for device in cloud.devices:
-                cloud.publisher.publish_report(device)
+                publisher_of(cloud).publish_report(device)
             time.sleep(0.02)
-        assert cloud.publisher.wait_acked(10)
+        assert publisher_of(cloud).wait_acked(10)
         wait_for(lambda: (health(port)[1].get("spool_points") or 0) >= 80, what="points in the spool")
         fault_influx.restart()
         for device in cloud.devices:  # seed + every published report, each exactly once
             wait_for(
-                lambda d=device: len(device_rows(fault_influx, d)) == 1 + published(cloud, d.sn),
+                partial(rows_reach, fault_influx, device, 1 + published(cloud, device.sn), exactly=True),
                 timeout=60,
                 what=f"all points of {device.sn}",
             )
@@ -232,8 +238,8 @@ def test_kill_9_during_spool_replay_loses_nothing(
     ):
         for _ in range(150):
             for device in cloud.devices:
-                cloud.publisher.publish_report(device)
-        assert cloud.publisher.wait_acked(20)
+                publisher_of(cloud).publish_report(device)
+        assert publisher_of(cloud).wait_acked(20)
         expected = {d.sn: 1 + published(cloud, d.sn) for d in cloud.devices}
         total = sum(expected.values())
         wait_for(
@@ -255,7 +261,7 @@ def test_kill_9_during_spool_replay_loses_nothing(
         try:
             for device in cloud.devices:
                 wait_for(
-                    lambda d=device: len(device_rows(fault_influx, d)) >= expected[d.sn],
+                    partial(rows_reach, fault_influx, device, expected[device.sn]),
                     timeout=60,
                     what=f"all points of {device.sn}",
                 )

@@ -19,7 +19,7 @@ from collector.simulator.server import LocalCloud
 from collector.sink.influx import InfluxWriter
 from collector.state import Online
 from collector.testbed import InfluxServer, MosquittoServer
-from tests.test_daemon import make_settings, rows, running, wait_for
+from tests.test_daemon import make_settings, publisher_of, rows, running, wait_for
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def test_watchdog_rebuilds_a_silent_session_while_devices_are_online(
             wait_for(lambda: collector.mqtt.connects == 2 and collector.mqtt.connected, what="a new session")
             time.sleep(2)
             assert collector.mqtt.connects == 2  # one new session, not a storm of them
-            cloud.publisher.publish_report(cloud.devices[0], full=True)
+            publisher_of(cloud).publish_report(cloud.devices[0], full=True)
             wait_for(lambda: collector.mqtt.messages["quota"] == 1, what="data on the new session")
 
 
@@ -76,9 +76,9 @@ def test_not_authorized_fetches_fresh_credentials_and_reconnects(
             events = [e["event"] for e in logs]
             assert "mqtt.connect_refused" in events and "mqtt.credentials_refreshed" in events
             assert all(account.certificate_password not in str(e) for e in logs)
-            cloud.publisher.disconnect()  # the simulated devices log in again with the new password
-            cloud.publisher.connect()
-            cloud.publisher.publish_report(cloud.devices[0], full=True)
+            publisher_of(cloud).disconnect()  # the simulated devices log in again with the new password
+            publisher_of(cloud).connect()
+            publisher_of(cloud).publish_report(cloud.devices[0], full=True)
             wait_for(lambda: collector.mqtt.messages["quota"] >= 1, what="data after the refresh")
 
 
@@ -98,7 +98,7 @@ def test_new_devices_are_discovered_and_subscribed_without_a_restart(
             assert state.device.name == new.device_name
             wait_for(lambda: rows(influx_server, influx_db, "delta_pro", new.sn), what="its HTTP seed")
             seeded = len(rows(influx_server, influx_db, "delta_pro", new.sn))
-            cloud.publisher.publish_report(new, full=True)
+            publisher_of(cloud).publish_report(new, full=True)
             wait_for(
                 lambda: len(rows(influx_server, influx_db, "delta_pro", new.sn)) > seeded,
                 what="its MQTT report (subscribed without a restart)",

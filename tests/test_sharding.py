@@ -13,6 +13,7 @@ from collector.daemon import shard_of
 from collector.simulator.server import LocalCloud
 from collector.testbed import InfluxServer, MosquittoServer
 from collector.testbed.ports import free_port
+from tests.test_daemon import publisher_of
 
 SHARDS = 3
 REPORTS = 4
@@ -74,8 +75,8 @@ def test_three_instances_collect_every_device_exactly_once(
             time.sleep(0.5)  # subscriptions are acknowledged by now (SUBACK precedes our publishes)
             for _ in range(REPORTS):
                 for device in devices:
-                    cloud.publisher.publish_report(device)
-            assert cloud.publisher.wait_acked(20)
+                    publisher_of(cloud).publish_report(device)
+            assert publisher_of(cloud).wait_acked(20)
 
             def stored() -> dict[str, int]:
                 return {d.sn: rows(influx_server, influx_db, d.product_slug, d.sn) for d in devices}
