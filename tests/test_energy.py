@@ -159,7 +159,13 @@ def test_points_only_for_devices_with_new_data(energy: EnergyCounters) -> None:
     energy.observe(
         PS, {"pv_input_w": 100.0, "input_w": 100.0, "output_w": 100.0, "battery_w": 0.0}, 7 * S, True
     )
-    first = {p.tags: p for p in energy.points()}
+    written = energy.points()
+    assert [(p.tags[2][1], p.time_ms, p.fields["pv_input_wh"]) for p in written] == [
+        (DP.sn, 5 * S, 0.0),  # the start: counters at zero
+        (DP.sn, 15 * S, 1.0),
+        (PS.sn, 7 * S, 0.0),  # nothing integrated yet: the start point is the only one
+    ]
+    first = {p.tags: p for p in written}
     dp = first[(("name", "Garage"), ("product", "delta_pro"), ("sn", DP.sn))]
     assert dp.measurement == "ecoflow_energy"
     assert dp.time_ms == 15 * S  # stamped with the time the counters are integrated up to
@@ -292,9 +298,12 @@ def test_daemon_integrates_mqtt_reports_by_receive_time(tmp_path: Path) -> None:
         _report(collector, **{"pd.wattsOutSum": 180})  # incremental: only what changed
         clock.tick(60)
         _report(collector, **{"pd.soc": 51})  # a report without power keys still ends the interval
-        assert collector.write_energy() == 1
+        assert collector.write_energy() == 2
         collector.sink.close(1.0)
-    (line,) = _energy_lines(lines)
+    zero, line = _energy_lines(lines)
+    # the counters start at zero at the first data: the baseline of a report over this day
+    assert zero.endswith(" 1780308000000")
+    assert all(float(item.split("=")[1]) == 0.0 for item in zero.split(" ")[1].split(","))
     series, fields, stamp = line.split(" ")
     assert series == f"ecoflow_energy,name=Garage,product=delta_pro,sn={DP.sn}"
     assert stamp == str(1_780_308_120_000)  # 2026-06-01 10:02:00 UTC

@@ -100,6 +100,7 @@ class DeviceEnergy:
     last_ms: int | None = None  # everything before this time is accounted for (integrated or gap)
     powers: Powers = _UNKNOWN  # what holds from last_ms on; None: not known, not integrated
     dirty: bool = False  # accounted time moved since the last write
+    started_ms: int | None = None  # first seen in this run with no counters before: write a zero point
 
     def advance(self, now_ms: int, max_gap_ms: int) -> str | None:
         """Account for [last_ms, now_ms]; returns what happened when it was not integrated."""
@@ -197,8 +198,9 @@ class EnergyCounters:
             return
         with self._lock:
             energy = self._devices.get(device.sn)
-            if energy is None:
+            if energy is None:  # counters start at zero now: a point says so (the baseline of reports)
                 energy = self._devices[device.sn] = DeviceEnergy(device.sn, device.name, device.slug)
+                energy.started_ms = now_ms
             energy.name, energy.product = device.name, device.slug
             self._account(energy, now_ms)
             energy.powers = self._valid_powers(device, summary) if live else _UNKNOWN
@@ -260,8 +262,18 @@ class EnergyCounters:
                     continue
                 energy.dirty = False
                 tags = (("name", energy.name), ("product", energy.product), ("sn", energy.sn))
+                if energy.started_ms is not None and energy.started_ms != energy.last_ms:
+                    zeros = dict.fromkeys((*COUNTERS, "covered_s", "gap_s"), 0.0)
+                    out.append(Point(ENERGY_MEASUREMENT, tags, zeros, energy.started_ms))
+                    energy.started_ms = None
                 out.append(Point(ENERGY_MEASUREMENT, tags, energy.fields(), energy.last_ms))
         return out
+
+    def integrated_until(self, sn: str) -> int | None:
+        """The time (ms) up to which a device's counters are integrated (its last data)."""
+        with self._lock:
+            energy = self._devices.get(sn)
+            return None if energy is None else energy.last_ms
 
     def snapshot(self) -> dict[str, dict[str, float]]:
         """sn -> current counter fields (for tests, reports of a running demo, the health page)."""

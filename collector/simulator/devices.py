@@ -29,6 +29,7 @@ import re
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
@@ -199,7 +200,7 @@ class SimDevice(ABC):
         # set_quota); incremental reports compare just those.
         self._volatile = tuple(recorder.written)
         self._values = dict(recorder)
-        self.meter = EnergyMeter(default_catalog().get(self.product_slug))
+        self.meter = EnergyMeter(default_catalog().get(self.product_slug), self._t)
         self.meter.update(self._values)
         self._reported: dict[str, Value] = {}
         self._pending: dict[str, None] = {}  # keys to report first (an ordered set)
@@ -254,12 +255,13 @@ class SimDevice(ABC):
             entry["productName"] = self.product_name
         return entry
 
-    def energy_totals(self) -> dict[str, float]:
+    def energy_totals(self, at: float | None = None) -> dict[str, float]:
         """Wh of each flow the device's reported powers carried since it was created, up to the
-        clock's current time (the truth a collector's energy counters are checked against)."""
+        clock's current time, or up to `at` within the last few minutes (the truth a collector's
+        energy counters are checked against)."""
         with self._lock:
             self._advance()
-            return self.meter.totals()
+            return self.meter.totals(at)
 
     @property
     def soc(self) -> float:
@@ -293,7 +295,7 @@ class SimDevice(ABC):
         self._stale = True
         while now - self._t > 1e-9:
             dt = min(_MAX_STEP_S, now - self._t)
-            self.meter.hold(dt)  # what was reported at self._t holds until the step's end
+            self.meter.hold(self._t, dt)  # what was reported at self._t holds until the step's end
             self._t += dt
             self._compute(self._t, dt)
             self.meter.update(self._values)
@@ -319,9 +321,9 @@ class EnergyMeter:
     time: the values computed at one step hold until the next, as a reader of the device sees them.
     Units and summary terms come from the catalog (the simulator restates none)."""
 
-    __slots__ = ("_powers", "_terms", "_wh")
+    __slots__ = ("_end", "_powers", "_recent", "_terms", "_wh")
 
-    def __init__(self, product: Product | None) -> None:
+    def __init__(self, product: Product | None, start: float) -> None:
         # summary field -> (quota key, sign x factor to the stored unit)
         self._terms: dict[str, list[tuple[str, float]]] = {}
         if product is not None:
@@ -335,6 +337,10 @@ class EnergyMeter:
                     self._terms[name] = terms
         self._powers: list[float] = [0.0] * len(COUNTERS)
         self._wh: list[float] = [0.0] * len(COUNTERS)
+        # (step start, powers, totals at the step start) of the last steps, for totals at a past time
+        self._recent: deque[tuple[float, list[float], list[float]]] = deque(maxlen=256)
+        self._recent.append((start, list(self._powers), list(self._wh)))
+        self._end = start  # the time `_wh` is integrated up to; `_powers` hold from here on
 
     def update(self, values: Mapping[str, Value]) -> None:
         summary = {
@@ -343,12 +349,26 @@ class EnergyMeter:
         }
         self._powers = [power or 0.0 for power in flow_powers(summary)]
 
-    def hold(self, dt: float) -> None:
+    def hold(self, start: float, dt: float) -> None:
+        self._recent.append((start, list(self._powers), list(self._wh)))
         for i, power in enumerate(self._powers):
             self._wh[i] += power * dt / 3600.0
+        self._end = start + dt
 
-    def totals(self) -> dict[str, float]:
-        return dict(zip(COUNTERS, self._wh, strict=True))
+    def totals(self, at: float | None = None) -> dict[str, float]:
+        """The totals now, or at `at`: within a step the power is constant, so the energy grows
+        linearly and the value between two steps is exact. ValueError before the steps kept."""
+        wh = self._wh
+        if at is not None and at >= self._end:
+            wh = [w + p * (at - self._end) / 3600.0 for w, p in zip(wh, self._powers, strict=True)]
+        elif at is not None:
+            for start, powers, before in reversed(self._recent):
+                if start <= at:
+                    wh = [w + p * (at - start) / 3600.0 for w, p in zip(before, powers, strict=True)]
+                    break
+            else:
+                raise ValueError(f"no energy kept for t={at}: the meter keeps only its last steps")
+        return dict(zip(COUNTERS, wh, strict=True))
 
 
 class _WriteRecorder(dict[str, Value]):
