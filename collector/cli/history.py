@@ -51,7 +51,7 @@ def register(commands: Any) -> None:
     span.add_argument("--since", help="this long before now: 30d, 12h, 2w")
     span.add_argument("--from", dest="start", help="start (ISO date or datetime)")
     rollup.add_argument("--to", dest="end", help="end (ISO date, included, or datetime); default now")
-    rollup.add_argument("--chunk-hours", type=int, default=24, help=argparse.SUPPRESS)
+    rollup.add_argument("--chunk-hours", type=int, default=168, help=argparse.SUPPRESS)
     rollup.set_defaults(handler=run_rollup)
 
     report = commands.add_parser(

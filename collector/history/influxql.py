@@ -167,14 +167,18 @@ class InfluxQL:
             headers={"Content-Type": "application/x-www-form-urlencoded"},
         )
         try:
-            pending = b""
+            pending = bytearray()
             for piece in response.stream(_READ_BYTES):
+                searched = len(pending)  # a chunk spans many pieces: look for its end in the new bytes only
                 pending += piece
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
+                newline = pending.find(b"\n", searched)
+                while newline >= 0:
+                    line = bytes(pending[:newline])
+                    del pending[: newline + 1]
                     yield from self._chunk(line)
+                    newline = pending.find(b"\n")
             if pending.strip():
-                yield from self._chunk(pending)
+                yield from self._chunk(bytes(pending))
         except (Urllib3Error, OSError) as exc:
             raise InfluxQLError(f"InfluxDB at {self._where} broke off its answer: {_reason(exc)}") from None
         finally:

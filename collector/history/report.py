@@ -176,14 +176,34 @@ def period_bounds(start: datetime, end: datetime, by: Period, tz: ZoneInfo) -> l
 
 # ---------------------------------------------------------------------------- data
 
-Sample = tuple[int, dict[str, float]]  # (interval start ms, counter -> last value in it)
+_COLUMNS: Final = (*COUNTERS, COVERED)
+Rows = list[list[Any]]  # [time ms, pv_input_wh, ..., battery_discharge_wh, covered_s] (None: no value)
+
+
+def _larger(a: Any, b: Any) -> Any:
+    return b if a is None else a if b is None else max(a, b)
 
 
 @dataclass(slots=True)
 class _Device:
-    name: str
-    name_ms: int  # time of the latest sample seen under `name`
-    samples: dict[int, dict[str, float]]
+    """The value rows of one serial, per name it was seen under (a renamed device has two)."""
+
+    series: dict[str, Rows]
+    last_ms: dict[str, int]
+
+    def name(self) -> str:
+        return max(self.last_ms, key=lambda name: self.last_ms[name])
+
+    def rows(self) -> Rows:
+        if len(self.series) == 1:
+            return next(iter(self.series.values()))
+        merged: Rows = []
+        for row in sorted((row for rows in self.series.values() for row in rows), key=lambda r: r[0]):
+            if merged and merged[-1][0] == row[0]:  # two names at one time: counters only grow
+                merged[-1] = [row[0]] + [_larger(a, b) for a, b in zip(merged[-1][1:], row[1:], strict=True)]
+            else:
+                merged.append(row)
+        return merged
 
 
 def _sn_filter(sns: Sequence[str]) -> str:
@@ -192,82 +212,73 @@ def _sn_filter(sns: Sequence[str]) -> str:
     return " AND (" + " OR ".join(f'"sn" = {quote_literal(sn)}' for sn in sns) + ")"
 
 
-def _fields() -> str:
-    return ", ".join(quote_ident(name) for name in (*COUNTERS, COVERED))
+def _collect(
+    client: InfluxQL, bucket: str, query: str, devices: dict[str, _Device]
+) -> tuple[int, int] | None:
+    """Add the rows of `query` (columns `time` and _COLUMNS, grouped by sn and name) to `devices`;
+    the first and last time seen (None: no rows)."""
+    first: int | None = None
+    last: int | None = None
+    for part in client.series(bucket, query):
+        if not part.values:
+            continue
+        values = part.values
+        if part.columns != ["time", *_COLUMNS]:  # another server's column order
+            index = [part.columns.index(c) if c in part.columns else -1 for c in ("time", *_COLUMNS)]
+            values = [[row[i] if i >= 0 else None for i in index] for row in values]
+        sn, name = part.tags.get("sn", ""), part.tags.get("name", "")
+        device = devices.get(sn)
+        if device is None:
+            devices[sn] = device = _Device({}, {})
+        device.series.setdefault(name, []).extend(values)
+        device.last_ms[name] = max(device.last_ms.get(name, values[-1][0]), values[-1][0])
+        first = values[0][0] if first is None else min(first, values[0][0])
+        last = values[-1][0] if last is None else max(last, values[-1][0])
+    return None if first is None or last is None else (first, last)
 
 
-def _merge(devices: dict[str, _Device], sn: str, name: str, when: int, values: dict[str, float]) -> None:
-    device = devices.get(sn)
-    if device is None:
-        devices[sn] = device = _Device(name, when, {})
-    elif when >= device.name_ms:
-        device.name, device.name_ms = name, when
-    slot = device.samples.setdefault(when, {})
-    for key, value in values.items():
-        # two series of one serial (a renamed device) at the same time: counters only grow
-        slot[key] = max(value, slot.get(key, value))
+def _last_of_each() -> str:
+    return ", ".join(f"last({quote_ident(name)}) AS {quote_ident(name)}" for name in _COLUMNS)
 
 
-def _numbers(row: dict[str, Any], prefix: str = "") -> dict[str, float]:
-    out: dict[str, float] = {}
-    for name in (*COUNTERS, COVERED):
-        value = row.get(prefix + name)
-        if isinstance(value, float | int) and not isinstance(value, bool):
-            out[name] = float(value)
-    return out
-
-
-def _raw_samples(
-    client: InfluxQL, bucket: str, start_ms: int, end_ms: int, sns: Sequence[str], devices: dict[str, _Device]
-) -> None:
+def _raw_query(start_ms: int, end_ms: int, sns: Sequence[str]) -> str:
     """Last value of each counter per 15 minutes from `ecoflow_energy`."""
-    select = ", ".join(f"last({quote_ident(name)}) AS {quote_ident(name)}" for name in (*COUNTERS, COVERED))
-    query = (
-        f"SELECT {select} FROM {quote_ident(ENERGY_MEASUREMENT)} "
+    return (
+        f"SELECT {_last_of_each()} FROM {quote_ident(ENERGY_MEASUREMENT)} "
         f"WHERE time >= {start_ms}ms AND time < {end_ms}ms{_sn_filter(sns)} "
         f'GROUP BY time(15m), "sn", "name" fill(none)'
     )
-    for row in client.rows(bucket, query):
-        values = _numbers(row.values)
-        if values:
-            _merge(devices, row.tags.get("sn", ""), row.tags.get("name", ""), int(row.values["time"]), values)
 
 
-def _rollup_samples(
-    client: InfluxQL, bucket: str, start_ms: int, end_ms: int, sns: Sequence[str], devices: dict[str, _Device]
-) -> tuple[int, int] | None:
-    """Hourly values from `ecoflow_energy_1h`; the first and last hour found (None: no rollups)."""
-    query = (
-        f"SELECT {_fields()} FROM {quote_ident(ENERGY_MEASUREMENT + ROLLUP_SUFFIX)} "
+def _rollup_query(start_ms: int, end_ms: int, sns: Sequence[str]) -> str:
+    """The hourly values of `ecoflow_energy_1h` (each the last of its hour)."""
+    fields = ", ".join(quote_ident(name) for name in _COLUMNS)
+    return (
+        f"SELECT {fields} FROM {quote_ident(ENERGY_MEASUREMENT + ROLLUP_SUFFIX)} "
         f'WHERE time >= {start_ms}ms AND time < {end_ms}ms{_sn_filter(sns)} GROUP BY "sn", "name"'
     )
-    first: int | None = None
-    last: int | None = None
-    for row in client.rows(bucket, query):
-        values = _numbers(row.values)
-        if values:
-            when = int(row.values["time"])
-            first = when if first is None else min(first, when)
-            last = when if last is None else max(last, when)
-            _merge(devices, row.tags.get("sn", ""), row.tags.get("name", ""), when, values)
-    return None if first is None or last is None else (first, last)
 
 
 def _baseline(
     client: InfluxQL, bucket: str, measurement: str, start_ms: int, sns: Sequence[str]
-) -> dict[str, dict[str, float]]:
-    """Each device's last counter values in the look-back before `start_ms`."""
-    select = ", ".join(f"last({quote_ident(name)}) AS {quote_ident(name)}" for name in (*COUNTERS, COVERED))
+) -> dict[str, list[float | None]]:
+    """Each device's last counter values (in _COLUMNS order) in the look-back before `start_ms`."""
     lookback = start_ms - int(BASELINE_LOOKBACK.total_seconds() * 1000)
     query = (
-        f"SELECT {select} FROM {quote_ident(measurement)} "
+        f"SELECT {_last_of_each()} FROM {quote_ident(measurement)} "
         f'WHERE time >= {lookback}ms AND time < {start_ms}ms{_sn_filter(sns)} GROUP BY "sn", "name"'
     )
-    out: dict[str, dict[str, float]] = {}
-    for row in client.rows(bucket, query):
-        slot = out.setdefault(row.tags.get("sn", ""), {})
-        for key, value in _numbers(row.values).items():
-            slot[key] = max(value, slot.get(key, value))
+    devices: dict[str, _Device] = {}
+    _collect(client, bucket, query, devices)
+    out: dict[str, list[float | None]] = {}
+    for sn, device in devices.items():
+        values: list[float | None] = [None] * len(_COLUMNS)
+        for row in (row for rows in device.series.values() for row in rows):
+            values = [
+                b if a is None else a if b is None else max(a, b)
+                for a, b in zip(values, row[1:], strict=True)
+            ]
+        out[sn] = values
     return out
 
 
@@ -304,63 +315,75 @@ def energy_report(
     )
     devices: dict[str, _Device] = {}
     if use_rollups:
-        found = _rollup_samples(client, history_bucket, start_ms, fetch_end, sns, devices)
+        found = _collect(client, history_bucket, _rollup_query(start_ms, fetch_end, sns), devices)
         if found is None:
-            _raw_samples(client, bucket, start_ms, fetch_end, sns, devices)
+            _collect(client, bucket, _raw_query(start_ms, fetch_end, sns), devices)
         else:
             if found[0] > start_ms:
-                _raw_samples(client, bucket, start_ms, found[0], sns, devices)
+                _collect(client, bucket, _raw_query(start_ms, found[0], sns), devices)
             if found[1] + HOUR_MS < fetch_end:
-                _raw_samples(client, bucket, found[1] + HOUR_MS, fetch_end, sns, devices)
+                _collect(client, bucket, _raw_query(found[1] + HOUR_MS, fetch_end, sns), devices)
         baselines = _baseline(client, history_bucket, ENERGY_MEASUREMENT + ROLLUP_SUFFIX, start_ms, sns)
         missing = [sn for sn in devices if sn not in baselines]
         if missing:
             baselines.update(_baseline(client, bucket, ENERGY_MEASUREMENT, start_ms, missing))
     else:
-        _raw_samples(client, bucket, start_ms, fetch_end, sns, devices)
+        _collect(client, bucket, _raw_query(start_ms, fetch_end, sns), devices)
         baselines = _baseline(client, bucket, ENERGY_MEASUREMENT, start_ms, sns)
 
-    rows: list[ReportRow] = []
-    for sn, device in sorted(devices.items(), key=lambda item: (item[1].name, item[0])):
-        rows.extend(_device_rows(sn, device, baselines.get(sn, {}), bounds, edges, now_ms))
-    return rows
+    out: list[ReportRow] = []
+    named = sorted((device.name(), sn, device) for sn, device in devices.items())
+    for name, sn, device in named:
+        totals = _totals(device.rows(), baselines.get(sn), edges)
+        out.extend(_report_rows(sn, name, totals, bounds, edges, now_ms))
+    return out
 
 
-def _device_rows(
-    sn: str,
-    device: _Device,
-    baseline: dict[str, float],
-    bounds: list[datetime],
-    edges: list[int],
-    now_ms: int,
+def _totals(rows: Rows, baseline: list[float | None] | None, edges: list[int]) -> list[list[float]]:
+    """Per period, the growth of each column: the sum of the increases between consecutive values
+    (a value below the one before is a restart from there: it adds nothing)."""
+    width = len(_COLUMNS)
+    previous: list[Any] = list(baseline) if baseline is not None else [None] * width
+    totals = [[0.0] * width for _ in edges[:-1]]
+    period, last_period = 0, len(totals) - 1
+    next_edge = edges[1]
+    total = totals[0]
+    columns = range(width)
+    for row in rows:
+        if row[0] >= next_edge and period < last_period:
+            while period < last_period and row[0] >= edges[period + 1]:
+                period += 1
+            next_edge = edges[period + 1]
+            total = totals[period]
+        for i in columns:
+            value = row[i + 1]
+            if value is not None:
+                before = previous[i]
+                if before is not None and value > before:
+                    total[i] += value - before
+                previous[i] = value
+    return totals
+
+
+def _report_rows(
+    sn: str, name: str, totals: list[list[float]], bounds: list[datetime], edges: list[int], now_ms: int
 ) -> list[ReportRow]:
-    previous = dict(baseline)
-    totals = [dict.fromkeys((*COUNTERS, COVERED), 0.0) for _ in bounds[:-1]]
-    period = 0
-    for when in sorted(device.samples):
-        while period < len(totals) - 1 and when >= edges[period + 1]:
-            period += 1
-        for key, value in device.samples[when].items():
-            before = previous.get(key)
-            # the first value ever seen is the baseline; a drop restarts the counter from its value
-            if before is not None and value > before:
-                totals[period][key] += value - before
-            previous[key] = value
     rows = []
     for index, total in enumerate(totals):
         length_s = (min(edges[index + 1], now_ms) - edges[index]) / 1000
-        coverage = min(100.0, 100.0 * total[COVERED] / length_s) if length_s > 0 else 0.0
+        covered = total[len(COUNTERS)]
+        coverage = min(100.0, 100.0 * covered / length_s) if length_s > 0 else 0.0
         rows.append(
             ReportRow(
                 sn=sn,
-                name=device.name,
+                name=name,
                 period_start=bounds[index],
                 period_end=bounds[index + 1],
-                pv_input_kwh=total["pv_input_wh"] / 1000,
-                input_kwh=total["input_wh"] / 1000,
-                output_kwh=total["output_wh"] / 1000,
-                battery_charge_kwh=total["battery_charge_wh"] / 1000,
-                battery_discharge_kwh=total["battery_discharge_wh"] / 1000,
+                pv_input_kwh=total[0] / 1000,
+                input_kwh=total[1] / 1000,
+                output_kwh=total[2] / 1000,
+                battery_charge_kwh=total[3] / 1000,
+                battery_discharge_kwh=total[4] / 1000,
                 coverage_percent=coverage,
             )
         )
