@@ -80,6 +80,7 @@ TRIPLES: dict[str, tuple[Triple, ...]] = {
         Triple("powGetPvLVol", "powGetPvLAmp", "powGetPvL"),
         Triple("inLvMpptVol", "inLvMpptAmp", "powGetPvL"),
     ),
+    "smart_plug": (Triple("2_1.volt", "2_1.current", "2_1.watts", ac=True),),
 }
 
 # Real captures per product (file names in ../shared/captures). Tolwi's diagnostics dump keeps the
@@ -107,6 +108,15 @@ CAPTURE_FILES: dict[str, tuple[str, ...]] = {
         "delta2max_unidentified-go-test_4.json",
     ),
     "delta_pro_3": ("deltapro3_rustyy-fixture_1.json", "deltapro3_taraskhust-dump_1.json"),
+    "smart_plug": (
+        "smartplug_colombod-recording_1.json",
+        "smartplug_colombod-recording_2.json",
+        "smartplug_colombod-recording_3.json",
+        "smartplug_colombod-recording_4.json",
+        "smartplug_colombod-vector_1.json",
+        "smartplug_official-doc_1.json",
+        "smartplug_rustyy-fixture_1.json",
+    ),
 }
 
 # Real payloads whose shape collector/decoding.py does not map into the product's quota/all key space
@@ -433,6 +443,27 @@ FIXTURE_VALUES |= {
     },
 }
 
+FIXTURE_VALUES |= {
+    ("smart_plug", "quota_all.json"): {
+        "2_1.watts": 189.3,
+        "2_1.current": 0.872,
+        "2_1.volt": 231.0,
+        "2_1.maxCur": 10.0,
+        "2_1.consWatt": -189.3,
+        "2_1.geneWatt": 412.0,
+        "2_1.switchSta": 1.0,
+        "2_1.runTime": 611204.0,
+        "2_2.task1.timeRange.startTime.hour": 7.0,
+        "2_2.task1.timeRange.isEnable": 1.0,
+    },
+    ("smart_plug", "mqtt_heartbeat.json"): {"2_1.watts": 65.2, "2_1.current": 0.318, "2_1.dstTime": 3600.0},
+    ("smart_plug", "mqtt_heartbeat_param_off.json"): {
+        "2_1.watts": 0.0,
+        "2_1.switchSta": 0.0,
+        "2_1.maxWatts": 2500.0,
+    },
+}
+
 # (product, fixture) -> keys that arrive but are not written (sentinels)
 FIXTURE_SENTINELS: dict[tuple[str, str], tuple[str, ...]] = {
     ("delta_2", "quota_all_charging.json"): (
@@ -445,10 +476,13 @@ FIXTURE_SENTINELS: dict[tuple[str, str], tuple[str, ...]] = {
         "pd.minChgSoc",
     ),
     ("delta_2", "mqtt_bms_status_discharging.json"): ("bms_bmsStatus.chgCap",),
+    ("smart_plug", "quota_all.json"): ("2_1.mqttErrTime", "2_1.wifiErrTime"),
     ("delta_2", "mqtt_ems_status_discharging.json"): ("bms_emsStatus.chgRemainTime",),
 }
 
 FIXTURE_SUMMARIES: dict[tuple[str, str], dict[str, float]] = {
+    ("smart_plug", "quota_all.json"): {"output_w": 189.3},
+    ("smart_plug", "mqtt_heartbeat.json"): {"output_w": 65.2},
     ("delta_pro_3", "quota_all_charging.json"): {
         "soc_percent": 46.3,
         "input_w": 1860.8,
@@ -605,6 +639,20 @@ def test_delta_pro_3_capture() -> None:
         "battery_w": 0.0,
         "battery_soh_percent": 100.0,
     }
+
+
+def test_smart_plug_captures() -> None:
+    quota = _capture_values("smart_plug", "smartplug_colombod-recording_4.json")
+    assert quota["2_1.watts"] == 107.0
+    assert quota["2_1.volt"] * quota["2_1.current"] == pytest.approx(304.32)  # VA >= W: 0.1 W, not W
+    assert quota["2_1.maxWatts"] == 3250.0
+    assert quota["2_1.mqttErrTime"] == 1789913649.0
+    pushed = _capture_values("smart_plug", "smartplug_colombod-recording_1.json")
+    assert (
+        pushed["2_1.runTime"] - quota["2_1.runTime"] == pushed["2_1.utcTime"] - quota["2_1.utcTime"] == 49.0
+    )
+    vector = _capture_values("smart_plug", "smartplug_colombod-vector_1.json")
+    assert summarize(CATALOG.products["smart_plug"], vector) == {"output_w": 264.0}
 
 
 # --- docs/products.md ------------------------------------------------------------------------------

@@ -14,7 +14,14 @@ from collector.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
 CAPTURES = ROOT.parent / "shared" / "captures"
-PRODUCTS = {"delta_2", "delta_2_max", "delta_pro", "delta_pro_3", "powerstream"}  # every catalog product
+PRODUCTS = {
+    "delta_2",
+    "delta_2_max",
+    "delta_pro",
+    "delta_pro_3",
+    "powerstream",
+    "smart_plug",
+}  # every catalog product
 
 
 def field_map(line: str) -> dict[str, float]:
