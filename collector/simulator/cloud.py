@@ -29,8 +29,10 @@ thousand devices does within minutes) that refusing those would invent failures.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import secrets
+import socket
 import threading
 import time
 from collections import Counter, deque
@@ -202,10 +204,12 @@ class CloudServer:
             return
         self._stopping.set()  # delayed (fault-injected) requests give up waiting
         httpd.shutdown()
+        # kept-alive connections would keep their handler threads (and sockets) past the stop
+        left = httpd.close_connections(timeout=5.0)
         httpd.server_close()
         if self._thread is not None:
             self._thread.join(timeout=5)
-        log.info("cloud.stopped")
+        log.info("cloud.stopped", connections_left=left)
 
     def __enter__(self) -> Self:
         self.start()
@@ -366,12 +370,37 @@ def _envelope(code: str, message: str, data: Any) -> bytes:
 
 
 class _HttpServer(ThreadingHTTPServer):
+    """Keeps the connections it serves, so that a stop can end them (and their threads)."""
+
     daemon_threads = True  # a delayed request must not hold up stop()
     block_on_close = False
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler], cloud: CloudServer):
         self.cloud = cloud
+        self._connections: set[socket.socket] = set()
+        self._connections_changed = threading.Condition()
         super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._connections_changed:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        super().shutdown_request(request)  # closes it
+        with self._connections_changed:
+            self._connections.discard(request)
+            self._connections_changed.notify_all()
+
+    def close_connections(self, timeout: float) -> int:
+        """Shut every open connection down (its handler sees the end, closes it and returns); wait
+        up to ``timeout`` for that. Returns how many are still open."""
+        with self._connections_changed:
+            for connection in list(self._connections):
+                with contextlib.suppress(OSError):
+                    connection.shutdown(socket.SHUT_RDWR)
+            self._connections_changed.wait_for(lambda: not self._connections, timeout)
+            return len(self._connections)
 
 
 class _RequestHandler(BaseHTTPRequestHandler):
@@ -413,7 +442,9 @@ class _RequestHandler(BaseHTTPRequestHandler):
             super().handle()
         except (BrokenPipeError, ConnectionResetError, ConnectionAbortedError):
             self.close_connection = True
-            cast(_HttpServer, self.server).cloud.client_gone()
+            cloud = cast(_HttpServer, self.server).cloud
+            if not cloud._stopping.is_set():  # at a stop it is the server that ended the connection
+                cloud.client_gone()
 
     def log_message(self, format: str, *args: Any) -> None:
         """Silences http.server's own stderr lines; requests are logged by `_serve`."""

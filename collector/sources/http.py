@@ -2,14 +2,17 @@
 
 Polls are asked for from several places (start-up and reconnect seeding, the staleness fallback,
 the slow periodic poll, discovery); a device already waiting for its poll is not queued again, so
-a long outage of MQTT or of the cloud never piles up work. Workers are daemon threads: a stop
-does not wait for an HTTP call in flight (what it would deliver is not yet accepted anyway).
+a long outage of MQTT or of the cloud never piles up work. A stop takes no new polls and waits a
+bounded time for the calls in flight, so that the API client is closed after its last request
+(a worker that started a request after the close would leave a socket for the garbage collector).
+Workers are daemon threads: one whose call outlasts the bound is left behind, and logged.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 
 import structlog
@@ -50,10 +53,21 @@ class QuotaPoller:
         with self._lock:
             return len(self._pending)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 2.0) -> int:
+        """Take no more polls; wait up to ``timeout`` seconds for the workers (the calls in flight).
+        Returns how many workers are still busy after that (left behind: they are daemon threads)."""
         self._stopped.set()
         for _ in self._threads:
             self._queue.put(None)
+        if not self._started:
+            return 0
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        busy = sum(thread.is_alive() for thread in self._threads)
+        if busy:
+            log.warning("poll.workers_left_running", workers=busy, waited_s=timeout)
+        return busy
 
     def _work(self) -> None:
         while True:
