@@ -7,9 +7,10 @@ The alerting provisioning (grafana/provisioning/alerting/, grafana/alerting-extr
 grafana/alerting.py, called from here.
 
 Every query is InfluxQL that InfluxDB 1.8, 2.x (v1-compatible /query with a DBRP mapping) and 3.x
-all run: no INTEGRAL() (3.x lacks it; energy is summed from 1-minute means instead), no SHOW SERIES
-or SHOW DATABASES, field names double-quoted (they contain dots). Units are Grafana unit ids taken
-from the catalog's stored units; value mappings of state panels are the catalog's enum labels.
+all run: no INTEGRAL() (energy comes from the collector's Wh counters, ecoflow_energy, and their
+hourly rollups), no SHOW SERIES or SHOW DATABASES, field names double-quoted (they contain dots).
+Units are Grafana unit ids taken from the catalog's stored units; value mappings of state panels are
+the catalog's enum labels.
 tests/test_grafana.py checks the files are current, validate against Grafana's schema, name only
 fields that exist, and that every query returns data from a collector fed by the local cloud.
 """
@@ -97,43 +98,43 @@ def latest(measurement: str, columns: Sequence[tuple[str, str]], *, where: str, 
     return q(f'SELECT {select} FROM "{measurement}" WHERE $timeFilter AND {where} GROUP BY "name"')
 
 
-def energy(
+ENERGY = "ecoflow_energy"  # Wh counters since the collector first saw the device (docs/schema.md)
+ENERGY_1H = "ecoflow_energy_1h"  # each counter's last value per hour (hourly rollup)
+SUMMARY_1H = "ecoflow_summary_1h"  # <field>_mean/_min/_max of ecoflow_summary per hour (hourly rollup)
+ROLLUPS = (ENERGY_1H, SUMMARY_1H)
+ROLLUP_DS = {"type": "influxdb", "uid": "${rollups}"}
+
+
+def counter_energy(
     measurement: str,
     columns: Sequence[tuple[str, str]],
     *,
     where: str,
-    group: str,
-    per_day: bool,
-    totals: Sequence[tuple[str, Sequence[str]]] | None = None,
+    bucket: str | None,
     by: str = '"name"',
 ) -> str:
-    """kWh from power: the sum of 1-minute mean watts / 60000, per day (or over the time range).
-
-    `columns` are (field, inner label); `totals` (label, inner labels added up), by default one per
-    column. fill(previous) carries a value over minutes without a report: MQTT reports are
-    incremental, so an unchanged power is not sent again. Each field is its own inner column, so one
-    missing field does not blank another.
-    """
-    inner = ", ".join(f'mean("{field}") AS "{label}"' for field, label in columns)
-    totals = totals or [(label, [label]) for _field, label in columns]
-    parts_sql = []
-    for label, parts in totals:
-        summed = " + ".join(f'sum("{part}")' for part in parts)
-        parts_sql.append(
-            f'({summed}) / 60000 AS "{label}"' if len(parts) > 1 else f'{summed} / 60000 AS "{label}"'
-        )
-    outer = ", ".join(parts_sql)
-    outer_group = f"GROUP BY time(1d), {by} fill(none) tz('$tz')" if per_day else f"GROUP BY {by}"
+    """kWh from Wh counters: the sum of the increases between consecutive points of each device
+    (non_negative_difference: a counter that restarts at 0 adds nothing, instead of a negative day),
+    per `bucket` (1d: days from midnight in the 'Day boundary' zone) or over the whole range, per
+    `by` tag or ('' ) for all devices together. The increase between the last point before a
+    bucket and its first point counts in the bucket, so nothing falls between two days."""
+    inner = ", ".join(f'non_negative_difference("{field}") AS "{label}"' for field, label in columns)
+    outer = ", ".join(f'sum("{label}") / 1000 AS "{label}"' for _field, label in columns)
+    groups = ([f"time({bucket})"] if bucket else []) + ([by] if by else [])
+    group = f"GROUP BY {', '.join(groups)}" if groups else ""
+    if bucket:
+        group += " fill(none) tz('$tz')"
     return q(
         f"""SELECT {outer} FROM (SELECT {inner} FROM "{measurement}" WHERE $timeFilter AND {where}
-        GROUP BY time(1m), {group} fill(previous)) WHERE $timeFilter {outer_group}"""
+        GROUP BY "sn", "name") WHERE $timeFilter {group}"""
     )
 
 
 def target(query: str, ref: str, *, alias: str = "$tag_name $col", table: bool = False) -> dict[str, Any]:
+    rollup = any(f'FROM "{m}"' in query for m in ROLLUPS)
     out: dict[str, Any] = {
         "refId": ref,
-        "datasource": DS,
+        "datasource": ROLLUP_DS if rollup else DS,
         "query": query,
         "rawQuery": True,
         "resultFormat": "table" if table else "time_series",
@@ -211,7 +212,7 @@ def panel(
         "type": kind,
         "title": title,
         "description": description,
-        "datasource": DS,
+        "datasource": panel_targets[0]["datasource"] if panel_targets else DS,
         "fieldConfig": {"defaults": field_defaults, "overrides": list(overrides)},
         "options": options or {},
         "targets": panel_targets,
@@ -524,6 +525,22 @@ DATASOURCE_VARIABLE = {
     "includeAll": False,
 }
 
+ROLLUP_VARIABLE = {
+    "name": "rollups",
+    "label": "Rollups",
+    "description": "The InfluxDB data source holding the hourly rollups (ecoflow_energy_1h, "
+    "ecoflow_summary_1h): the main one unless the collector's [history] bucket is another bucket",
+    "type": "datasource",
+    "query": "influxdb",
+    "current": {"text": "EcoFlow InfluxDB", "value": DATASOURCE_UID},
+    "options": [],
+    "refresh": 1,
+    "regex": "",
+    "hide": 0,
+    "multi": False,
+    "includeAll": False,
+}
+
 TZ_VARIABLE = {
     "name": "tz",
     "label": "Day boundary",
@@ -708,20 +725,14 @@ def powerstream(product: Product) -> dict[str, Any]:
         ),
         stat(
             "Energy today",
-            "Solar and AC output energy since midnight (browser time), integrated from "
-            "power as the sum of 1-minute means",
+            "Solar (PV1 + PV2) and AC output energy since midnight (browser time), from the collector's "
+            "energy counters (ecoflow_energy pv_input_wh, output_wh)",
             targets(
-                energy(
-                    m,
-                    [
-                        (f"{k}pv1InputWatts", "PV1"),
-                        (f"{k}pv2InputWatts", "PV2"),
-                        (f"{k}invOutputWatts", "AC out"),
-                    ],
+                counter_energy(
+                    ENERGY,
+                    [("pv_input_wh", "solar"), ("output_wh", "AC out")],
                     where=dev,
-                    group='"name"',
-                    per_day=False,
-                    totals=[("solar", ["PV1", "PV2"]), ("AC out", ["AC out"])],
+                    bucket=None,
                 )
             ),
             KWH,
@@ -892,20 +903,20 @@ def powerstream(product: Product) -> dict[str, Any]:
         row("Energy"),
         timeseries(
             "Energy per day",
-            "Solar energy (PV1 + PV2) and AC output energy per day, integrated from power as the sum "
-            "of 1-minute means; days start at midnight in the 'Day boundary' time zone",
+            "Solar energy (PV1 + PV2), AC output, battery charge and discharge per day, from the "
+            "collector's energy counters (ecoflow_energy); days start at midnight in the 'Day boundary' "
+            "time zone",
             targets(
-                energy(
-                    m,
+                counter_energy(
+                    ENERGY,
                     [
-                        (f"{k}pv1InputWatts", "PV1"),
-                        (f"{k}pv2InputWatts", "PV2"),
-                        (f"{k}invOutputWatts", "AC out"),
+                        ("pv_input_wh", "solar"),
+                        ("output_wh", "AC out"),
+                        ("battery_charge_wh", "battery charge"),
+                        ("battery_discharge_wh", "battery discharge"),
                     ],
                     where=dev,
-                    group='"name"',
-                    per_day=True,
-                    totals=[("solar", ["PV1", "PV2"]), ("AC out", ["AC out"])],
+                    bucket="1d",
                 )
             ),
             KWH,
@@ -972,12 +983,15 @@ def delta_pro(product: Product) -> dict[str, Any]:
         ),
         stat(
             "Energy today",
-            "Energy charged from solar and AC and discharged through AC since midnight "
-            "(browser time), from the device's cumulative counters",
+            "Solar input, all input (solar, AC, car) and all output since midnight (browser time), "
+            "from the collector's energy counters (ecoflow_energy)",
             targets(
-                q(f'''SELECT spread("pd.chgSunPower") / 1000 AS "solar in", spread("pd.chgPowerAc") / 1000
-                        AS "AC in", spread("pd.dsgPowerAc") / 1000 AS "AC out" FROM "{m}"
-                        WHERE $timeFilter AND {dev} GROUP BY "name"''')
+                counter_energy(
+                    ENERGY,
+                    [("pv_input_wh", "solar in"), ("input_wh", "input"), ("output_wh", "output")],
+                    where=dev,
+                    bucket=None,
+                )
             ),
             KWH,
             graph=False,
@@ -1190,14 +1204,22 @@ def delta_pro(product: Product) -> dict[str, Any]:
         ),
         timeseries(
             "Energy per day",
-            "Energy per day from the device's cumulative counters (the day's increase); days start at "
-            "midnight in the 'Day boundary' time zone",
+            "Solar input, all input, all output, battery charge and discharge per day, from the "
+            "collector's energy counters (ecoflow_energy); days start at midnight in the 'Day boundary' "
+            "time zone",
             targets(
-                q(f'''SELECT spread("pd.chgSunPower") / 1000 AS "solar in", spread("pd.chgPowerAc")
-                              / 1000 AS "AC in", spread("pd.dsgPowerAc") / 1000 AS "AC out",
-                              spread("pd.dsgPowerDc")
-                              / 1000 AS "DC out" FROM "{m}" WHERE $timeFilter AND {dev}
-                              GROUP BY time(1d), "name" fill(none) tz('$tz')''')
+                counter_energy(
+                    ENERGY,
+                    [
+                        ("pv_input_wh", "solar in"),
+                        ("input_wh", "input"),
+                        ("output_wh", "output"),
+                        ("battery_charge_wh", "battery charge"),
+                        ("battery_discharge_wh", "battery discharge"),
+                    ],
+                    where=dev,
+                    bucket="1d",
+                )
             ),
             KWH,
             bars=True,
@@ -1355,13 +1377,12 @@ def fleet() -> dict[str, Any]:
         ),
         stat(
             "Energy today",
-            "Solar and output energy of all devices since midnight (browser time), "
-            "integrated from power as the sum of 1-minute means",
+            "Solar and output energy of all devices since midnight (browser time), from the collector's "
+            "energy counters (ecoflow_energy)",
             targets(
-                q(f'''SELECT sum("solar") / 60000 AS "solar", sum("output") / 60000 AS "output" FROM
-                        (SELECT mean("pv_input_w") AS "solar", mean("output_w") AS "output" FROM "{s}"
-                        WHERE $timeFilter AND {dev} GROUP BY time(1m), "sn" fill(previous))
-                        WHERE $timeFilter'''),
+                counter_energy(
+                    ENERGY, [("pv_input_wh", "solar"), ("output_wh", "output")], where=dev, bucket=None, by=""
+                ),
                 alias="$col",
             ),
             KWH,
@@ -1398,10 +1419,11 @@ def fleet() -> dict[str, Any]:
         ),
         bargauge(
             "Energy today by device",
-            "Output energy of each device since midnight (browser time)",
+            "Output energy of each device since midnight (browser time), from the collector's energy "
+            "counters (ecoflow_energy)",
             [
                 target(
-                    energy(s, [("output_w", "output")], where=dev, group='"name"', per_day=False),
+                    counter_energy(ENERGY, [("output_wh", "output")], where=dev, bucket=None),
                     "A",
                     alias="$tag_name",
                 )
@@ -1466,6 +1488,372 @@ def fleet() -> dict[str, Any]:
         variables,
         items,
         time_from="now-6h",
+    )
+
+
+# ------------------------------------------------------------------------------------- energy
+def bar_options(legend: bool = True) -> dict[str, Any]:
+    return {
+        "orientation": "auto",
+        "xTickLabelRotation": 0,
+        "xTickLabelSpacing": 0,
+        "showValue": "auto",
+        "stacking": "none",
+        "groupWidth": 0.7,
+        "barWidth": 0.97,
+        "barRadius": 0,
+        "fullHighlight": False,
+        "legend": {"displayMode": "list", "placement": "bottom", "showLegend": legend, "calcs": []},
+        "tooltip": {"mode": "multi", "sort": "none"},
+    }
+
+
+BAR_CUSTOM = {
+    "lineWidth": 1,
+    "fillOpacity": 80,
+    "gradientMode": "none",
+    "axisPlacement": "auto",
+    "axisLabel": "",
+    "axisBorderShow": False,
+    "axisCenteredZero": False,
+    "axisColorMode": "text",
+    "scaleDistribution": {"type": "linear"},
+    "hideFrom": {"legend": False, "tooltip": False, "viz": False},
+    "thresholdsStyle": {"mode": "off"},
+}
+
+
+def calendar_bars(
+    title: str,
+    description: str,
+    query: str,
+    columns: Sequence[str],
+    *,
+    period: str,
+    per_device: bool,
+    time_from: str,
+) -> dict[str, Any]:
+    """Bars per calendar month ("YYYY-MM") or year ("YYYY"): InfluxQL cannot GROUP BY a month, so
+    the query returns days (table format) and Grafana's transformations format each day's time as
+    its month or year (in the browser's time zone) and add the days up; per device, one bar per
+    device (groupingToMatrix)."""
+    transformations: list[dict[str, Any]] = [
+        {"id": "formatTime", "options": {"timeField": "Time", "outputFormat": period, "useTimezone": True}},
+        {
+            "id": "groupBy",
+            "options": {
+                "fields": {
+                    "Time": {"operation": "groupby", "aggregations": []},
+                    **({"name": {"operation": "groupby", "aggregations": []}} if per_device else {}),
+                    **{c: {"operation": "aggregate", "aggregations": ["sum"]} for c in columns},
+                }
+            },
+        },
+    ]
+    if per_device:
+        (column,) = columns
+        transformations.append(
+            {
+                "id": "groupingToMatrix",
+                "options": {
+                    "columnField": "name",
+                    "rowField": "Time",
+                    "valueField": f"{column} (sum)",
+                    "emptyValue": "null",
+                },
+            }
+        )
+    else:
+        transformations.append(
+            {
+                "id": "organize",
+                "options": {
+                    "excludeByName": {},
+                    "indexByName": {},
+                    "renameByName": {f"{c} (sum)": c for c in columns},
+                },
+            }
+        )
+    return panel(
+        "barchart",
+        title,
+        description,
+        targets(query, table=True),
+        unit=KWH,
+        custom=BAR_CUSTOM,
+        options=bar_options(),
+        defaults={"decimals": 1},
+        size=(12, 8),
+        transformations=transformations,
+        timeFrom=time_from,
+    )
+
+
+FLOWS = [
+    ("pv_input_wh", "solar"),
+    ("input_wh", "input"),
+    ("output_wh", "output"),
+    ("battery_charge_wh", "battery charge"),
+    ("battery_discharge_wh", "battery discharge"),
+]
+SELF_CONSUMPTION = (
+    "Self-consumption = battery charge ÷ solar × 100 %: the share of the solar energy that did not leave "
+    "the device as output at once but was stored in its battery for later own use. With the five flows "
+    "(energy balance: input + battery discharge = output + battery charge + losses; solar is part of "
+    "input), the rest of the solar, solar - battery charge, left through the output as it was produced. "
+    "Exact for devices whose battery charges only from solar (PowerStream: PV ports and battery share "
+    "one bus); a device that also charges from AC (Delta Pro) can exceed 100 % on days it did: compare "
+    "input and solar in 'Energy per day'."
+)
+
+
+def energy_dashboard() -> dict[str, Any]:
+    dev = device_filter()
+    e = ENERGY
+
+    def per_device(columns: Sequence[tuple[str, str]], bucket: str | None, m: str = e) -> str:
+        return counter_energy(m, columns, where=dev, bucket=bucket)
+
+    def fleet(columns: Sequence[tuple[str, str]], bucket: str | None, m: str = e) -> str:
+        return counter_energy(m, columns, where=dev, bucket=bucket, by="")
+
+    def daily(m: str, columns: Sequence[tuple[str, str]], by_device: bool) -> str:
+        return counter_energy(m, columns, where=dev, bucket="1d", by='"name"' if by_device else "")
+
+    coverage = q(f'''SELECT sum("covered") / (sum("covered") + sum("gap")) * 100 AS "coverage" FROM
+        (SELECT non_negative_difference("covered_s") AS "covered", non_negative_difference("gap_s") AS "gap"
+        FROM "{e}" WHERE $timeFilter AND {dev} GROUP BY "sn", "name") WHERE $timeFilter''')
+    consumption = q(f'''SELECT sum("charge") / sum("solar") * 100 AS "self-consumption" FROM
+        (SELECT non_negative_difference("battery_charge_wh") AS "charge",
+        non_negative_difference("pv_input_wh") AS "solar" FROM "{e}" WHERE $timeFilter AND {dev}
+        GROUP BY "sn", "name") WHERE $timeFilter''')
+    h = SUMMARY_1H
+    items = [
+        row("Today"),
+        table(
+            "Energy today by device",
+            "Each device's energy since midnight (browser time), from the collector's counters "
+            "(ecoflow_energy: the sum of each counter's increases)",
+            targets(per_device(FLOWS, None), table=True),
+            unit=KWH,
+            size=(16, 6),
+            defaults={"decimals": 2},
+            timeFrom="now/d",
+            hideTimeOverride=True,
+            overrides=[override("byName", "name", displayName="Device", unit="string")],
+        ),
+        stat(
+            "Fleet today",
+            "All chosen devices together since midnight (browser time)",
+            targets(fleet(FLOWS[:3], None), alias="$col"),
+            KWH,
+            graph=False,
+            decimals=2,
+            size=(8, 6),
+            timeFrom="now/d",
+            hideTimeOverride=True,
+        ),
+        row("Per day"),
+        timeseries(
+            "Solar per day",
+            "Solar energy per device and day; days start at midnight in the 'Day boundary' time zone",
+            [target(daily(e, [("pv_input_wh", "solar")], True), "A", alias="$tag_name")],
+            KWH,
+            bars=True,
+            calcs=("sum", "mean"),
+            size=(12, 8),
+        ),
+        timeseries(
+            "Output per day",
+            "Output energy per device and day",
+            [target(daily(e, [("output_wh", "output")], True), "A", alias="$tag_name")],
+            KWH,
+            bars=True,
+            calcs=("sum", "mean"),
+            size=(12, 8),
+        ),
+        timeseries(
+            "Fleet energy per day",
+            "The five flows of all chosen devices together per day: solar, all input (solar, AC, car), "
+            "all output, battery charge and discharge",
+            targets(daily(e, FLOWS, False), alias="$col"),
+            KWH,
+            bars=True,
+            calcs=("sum", "mean"),
+            size=(24, 8),
+        ),
+        row("Per month and year (hourly rollups)"),
+        calendar_bars(
+            "Fleet energy per month",
+            "All chosen devices per calendar month (browser time zone) of the last 12 months, from the "
+            "hourly rollups (ecoflow_energy_1h, data source 'Rollups')",
+            daily(ENERGY_1H, FLOWS, False),
+            [label for _f, label in FLOWS],
+            period="YYYY-MM",
+            per_device=False,
+            time_from="1y",
+        ),
+        calendar_bars(
+            "Solar per month by device",
+            "Solar energy of each device per calendar month of the last 12 months (hourly rollups)",
+            daily(ENERGY_1H, [("pv_input_wh", "solar")], True),
+            ["solar"],
+            period="YYYY-MM",
+            per_device=True,
+            time_from="1y",
+        ),
+        calendar_bars(
+            "Fleet energy per year",
+            "All chosen devices per calendar year of the last 5 years (hourly rollups)",
+            daily(ENERGY_1H, FLOWS, False),
+            [label for _f, label in FLOWS],
+            period="YYYY",
+            per_device=False,
+            time_from="5y",
+        ),
+        calendar_bars(
+            "Solar per year by device",
+            "Solar energy of each device per calendar year of the last 5 years (hourly rollups)",
+            daily(ENERGY_1H, [("pv_input_wh", "solar")], True),
+            ["solar"],
+            period="YYYY",
+            per_device=True,
+            time_from="5y",
+        ),
+        row("Coverage"),
+        bargauge(
+            "Coverage",
+            "Share of the time range the energy counters integrated (covered_s) rather than skipped "
+            "(gap_s: the device did not report, or the collector was down): coverage = covered ÷ "
+            "(covered + gap). Energy in the gaps is missing from every panel here.",
+            [target(coverage + ' GROUP BY "name"', "A", alias="$tag_name")],
+            "percent",
+            steps=thresholds((None, RED), (90, ORANGE), (99, GREEN)),
+            minmax=(0, 100),
+            size=(8, 8),
+            defaults={"decimals": 1},
+        ),
+        timeseries(
+            "Coverage per day",
+            "Coverage of each device per day (days from midnight in the 'Day boundary' time zone)",
+            [
+                target(
+                    coverage + " GROUP BY time(1d), \"name\" fill(none) tz('$tz')",
+                    "A",
+                    alias="$tag_name",
+                )
+            ],
+            "percent",
+            bars=True,
+            minmax=(0, 100),
+            calcs=("min", "mean"),
+            size=(16, 8),
+        ),
+        row("Self-consumption and battery"),
+        timeseries(
+            "Self-consumption per day",
+            SELF_CONSUMPTION,
+            [
+                target(
+                    consumption + " GROUP BY time(1d), \"name\" fill(none) tz('$tz')",
+                    "A",
+                    alias="$tag_name",
+                )
+            ],
+            "percent",
+            bars=True,
+            soft_min=0,
+            calcs=("mean",),
+            size=(12, 8),
+        ),
+        stat(
+            "Self-consumption",
+            SELF_CONSUMPTION,
+            [target(consumption + ' GROUP BY "name"', "A", alias="$tag_name")],
+            "percent",
+            graph=False,
+            decimals=0,
+            size=(4, 8),
+        ),
+        stat(
+            "BMS charge cycles in range",
+            "Full cycles the battery management system itself counted in the time range (increase of "
+            "ecoflow_summary battery_cycles, hourly rollups; Delta Pro: bmsMaster.cycles). Equivalent full "
+            "cycles from the throughput would need the usable capacity in Wh, which no stored field gives.",
+            [
+                target(
+                    q(f'''SELECT max("battery_cycles_max") - min("battery_cycles_min") AS "cycles" FROM "{h}"
+                       WHERE $timeFilter AND {dev} GROUP BY "name"'''),
+                    "A",
+                    alias="$tag_name",
+                )
+            ],
+            "none",
+            graph=False,
+            decimals=0,
+            size=(8, 8),
+        ),
+        timeseries(
+            "Battery throughput per day",
+            "Energy into (charge) and out of (discharge) each device's battery per day",
+            [
+                target(
+                    daily(e, [("battery_charge_wh", "charge"), ("battery_discharge_wh", "discharge")], True),
+                    "A",
+                )
+            ],
+            KWH,
+            bars=True,
+            calcs=("sum", "mean"),
+            size=(24, 8),
+        ),
+        row("Battery health (hourly rollups)"),
+        timeseries(
+            "State of health",
+            "Battery state of health per day, the mean of the hourly means (ecoflow_summary "
+            "battery_soh_percent; Delta Pro: bmsMaster.soh), over the last 2 years",
+            [
+                target(
+                    q(f'''SELECT mean("battery_soh_percent_mean") AS "SoH" FROM "{h}" WHERE $timeFilter
+                       AND {dev} GROUP BY time(1d), "name" fill(none) tz('$tz')'''),
+                    "A",
+                    alias="$tag_name",
+                )
+            ],
+            "percent",
+            soft_min=80,
+            calcs=("lastNotNull", "min"),
+            size=(12, 8),
+            timeFrom="2y",
+        ),
+        timeseries(
+            "Charge cycles",
+            "The battery management system's cycle counter per day (ecoflow_summary battery_cycles; "
+            "Delta Pro: bmsMaster.cycles), over the last 2 years",
+            [
+                target(
+                    q(f'''SELECT max("battery_cycles_max") AS "cycles" FROM "{h}" WHERE $timeFilter AND {dev}
+                       GROUP BY time(1d), "name" fill(none) tz('$tz')'''),
+                    "A",
+                    alias="$tag_name",
+                )
+            ],
+            "none",
+            step=True,
+            calcs=("lastNotNull",),
+            size=(12, 8),
+            timeFrom="2y",
+        ),
+    ]
+    return dashboard(
+        "ecoflow-energy",
+        "EcoFlow energy",
+        "Energy per day, month and year per device and for the fleet from the collector's energy "
+        "counters; coverage, self-consumption, battery throughput and battery health",
+        ["energy"],
+        [ROLLUP_VARIABLE, *device_variables(e), TZ_VARIABLE],
+        items,
+        time_from="now-30d",
     )
 
 
@@ -1677,6 +2065,7 @@ def build() -> dict[str, dict[str, Any]]:
         "delta_pro.json": delta_pro(catalog.products["delta_pro"]),
         "fleet.json": fleet(),
         "collector.json": collector_health(),
+        "energy.json": energy_dashboard(),
     }
 
 

@@ -6,8 +6,12 @@
 - every field they name exists in the catalog or in docs/schema.md, with the unit the panel shows;
 - no serial number is written into them: every device query filters by a template variable;
 - every variable query and every panel query, with Grafana's macros and variables substituted the way
-  Grafana substitutes them, runs against a real InfluxDB that a collector filled from the local
-  EcoFlow cloud (a PowerStream and a Delta Pro) and returns at least one non-null value;
+  Grafana substitutes them (the panel's own time range or the dashboard's), runs against a real
+  InfluxDB that a collector filled from the local EcoFlow cloud (a PowerStream and a Delta Pro) and
+  returns at least one non-null value; the energy counters (ecoflow_energy) are written here when the
+  collector has not made them in the few seconds it runs, and the hourly rollups (ecoflow_energy_1h,
+  ecoflow_summary_1h: a scheduled job of the collector) always, as line protocol of their documented
+  schema;
 - the provisioning files point at the dashboards and read the datasource's settings from the
   environment.
 """
@@ -23,6 +27,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -47,6 +52,19 @@ CHECK_DIR = GRAFANA / "check"
 SETUP_HINT = "run `bash scripts/setup.sh` (or `(cd grafana/check && npm ci --no-audit --no-fund)`)"
 DEVICE_MEASUREMENTS = ("powerstream", "delta_pro")
 TAGS = {"sn", "name", "product", "instance"}
+DASHBOARD_NAMES = ["powerstream.json", "delta_pro.json", "fleet.json", "collector.json", "energy.json"]
+ENERGY, ENERGY_1H, SUMMARY_1H = "ecoflow_energy", "ecoflow_energy_1h", "ecoflow_summary_1h"
+# the energy counters' contract (collector/history/energy.py): Wh since the collector first saw the
+# device, and the seconds integrated / not integrated
+ENERGY_UNITS = {
+    "pv_input_wh": "Wh",
+    "input_wh": "Wh",
+    "output_wh": "Wh",
+    "battery_charge_wh": "Wh",
+    "battery_discharge_wh": "Wh",
+    "covered_s": "s",
+    "gap_s": "s",
+}
 
 
 def _build_module() -> ModuleType:
@@ -83,12 +101,17 @@ class Query:
     board: str
     where: str  # "panel 3 'Title' A" or "variable sn"
     text: str
-    timeshift: bool = False  # the panel has its own time range (timeFrom)
+    time_from: str = "now-1h"  # the panel's own time range (timeFrom), else the dashboard's
 
 
 def panel_queries(name: str, board: dict[str, Any]) -> list[Query]:
     return [
-        Query(name, f"panel {p['id']} {p['title']!r} {t['refId']}", t["query"], "timeFrom" in p)
+        Query(
+            name,
+            f"panel {p['id']} {p['title']!r} {t['refId']}",
+            t["query"],
+            p.get("timeFrom", board["time"]["from"]),
+        )
         for p in panels(board)
         for t in p.get("targets", [])
     ]
@@ -96,16 +119,16 @@ def panel_queries(name: str, board: dict[str, Any]) -> list[Query]:
 
 def variable_queries(name: str, board: dict[str, Any]) -> list[Query]:
     return [
-        Query(name, f"variable {v['name']}", v["query"])
+        Query(name, f"variable {v['name']}", v["query"], board["time"]["from"])
         for v in board["templating"]["list"]
         if v["type"] == "query"
     ]
 
 
 # ------------------------------------------------------------------------------------ static checks
-def test_the_four_dashboards_exist_and_are_what_build_py_generates() -> None:
+def test_the_five_dashboards_exist_and_are_what_build_py_generates() -> None:
     built = BUILD.build()
-    assert set(built) == {"powerstream.json", "delta_pro.json", "fleet.json", "collector.json"}
+    assert set(built) == set(DASHBOARD_NAMES)
     for name, board in built.items():
         path = DASHBOARD_DIR / name
         assert path.exists(), f"{path} is missing: run python3 grafana/build.py"
@@ -116,6 +139,7 @@ def test_the_four_dashboards_exist_and_are_what_build_py_generates() -> None:
     assert len(set(uids)) == len(uids)
     # the fleet table links a device to /d/ecoflow-<product slug>
     assert {"ecoflow-powerstream", "ecoflow-delta_pro"} <= set(uids)
+    assert built["energy.json"]["uid"] == "ecoflow-energy"
 
 
 def grafana_version_in_compose() -> str:
@@ -214,7 +238,13 @@ def _catalog_fields() -> dict[str, dict[str, str]]:
     return out
 
 
-SUMMARY_UNITS = {"soc_percent": "%", "input_w": "W", "output_w": "W", "pv_input_w": "W", "battery_w": "W"}
+BASE_SUMMARY = {"soc_percent": "%", "input_w": "W", "output_w": "W", "pv_input_w": "W", "battery_w": "W"}
+# ecoflow_summary is gaining the battery's health (Delta Pro: bmsMaster.soh, bmsMaster.cycles)
+SUMMARY_UNITS = {**BASE_SUMMARY, "battery_soh_percent": "%", "battery_cycles": ""}
+ROLLUP_UNITS = {
+    ENERGY_1H: ENERGY_UNITS,  # each counter's last value in the hour, under its own name
+    SUMMARY_1H: {f"{f}_{agg}": unit for f, unit in SUMMARY_UNITS.items() for agg in ("mean", "min", "max")},
+}
 IDENT = re.compile(r'"((?:[^"\\]|\\.)*)"')
 
 
@@ -229,8 +259,14 @@ def _identifiers(query: str) -> tuple[set[str], set[str], set[str]]:
 def test_every_field_a_dashboard_names_exists() -> None:
     catalog = _catalog_fields()
     docs = _doc_fields()
-    known = {**{m: set(f) for m, f in catalog.items()}, **docs}
-    assert docs["ecoflow_summary"] == set(SUMMARY_UNITS)
+    known = {
+        **{m: set(f) for m, f in catalog.items()},
+        **docs,
+        "ecoflow_summary": set(SUMMARY_UNITS),
+        ENERGY: set(ENERGY_UNITS),
+        **{m: set(units) for m, units in ROLLUP_UNITS.items()},
+    }
+    assert docs["ecoflow_summary"] in (set(BASE_SUMMARY), set(SUMMARY_UNITS))
     assert {"online", "state"} == docs["ecoflow_status"]
     problems = []
     count = 0
@@ -264,9 +300,9 @@ def _panel_units(panel: dict[str, Any]) -> set[str]:
 
 def test_panels_show_the_stored_unit_of_their_fields() -> None:
     """A panel that plots fields as they are stored uses the Grafana unit of their stored unit; energy
-    made from power (/ 60000) or from Wh counters (/ 1000) is kWh."""
+    made from power (/ 60000) or from Wh counters (/ 1000) is kWh; a ratio (* 100) is percent."""
     catalog = _catalog_fields()
-    stored = {**catalog, "ecoflow_summary": SUMMARY_UNITS}
+    stored = {**catalog, "ecoflow_summary": SUMMARY_UNITS, ENERGY: ENERGY_UNITS, **ROLLUP_UNITS}
     checked = 0
     for name, board in dashboards().items():
         for panel in panels(board):
@@ -277,8 +313,12 @@ def test_panels_show_the_stored_unit_of_their_fields() -> None:
                 if not measurements <= set(stored):
                     continue
                 where = f"{name} panel {panel['id']} {panel['title']!r} {target['refId']}"
-                if "/ 60000" in query or ("spread(" in query and "/ 1000" in query):
+                if "/ 60000" in query or ("non_negative_difference(" in query and "/ 1000 AS" in query):
                     assert units == {BUILD.KWH}, f"{where}: energy must be kWh, not {units}"
+                    checked += 1
+                    continue
+                if " * 100 AS " in query:
+                    assert units == {"percent"}, f"{where}: a share must be percent, not {units}"
                     checked += 1
                     continue
                 selected = set(re.findall(r'(?:mean|last|max|min)\("([^"]+)"\)', query)) or fields
@@ -308,7 +348,13 @@ def test_no_serial_is_hard_coded_and_every_device_query_filters_by_a_variable() 
         variables = {v["name"]: v for v in board["templating"]["list"]}
         for query in panel_queries(name, board):
             measurements, _a, _f = _identifiers(query.text)
-            if measurements & {*DEVICE_MEASUREMENTS, "ecoflow_summary", "ecoflow_status"}:
+            if measurements & {
+                *DEVICE_MEASUREMENTS,
+                "ecoflow_summary",
+                "ecoflow_status",
+                ENERGY,
+                *ROLLUP_UNITS,
+            }:
                 assert re.search(r'"(sn|name)" =~ /\^\$(sn|name)\$/', query.text), f"{name} {query.where}"
             if "ecoflow_collector" in measurements:
                 assert '"instance" =~ /^$instance$/' in query.text, f"{name} {query.where}"
@@ -343,11 +389,19 @@ def test_provisioning_reads_the_datasource_from_the_environment_and_loads_the_da
     assert "./grafana/provisioning:/etc/grafana/provisioning:ro" in mounts
     env = compose["services"]["grafana"]["environment"]
     assert {"INFLUXDB_URL", "INFLUXDB_BUCKET", "INFLUXDB_TOKEN"} <= set(env)
-    for board in dashboards().values():
-        (ds_var,) = [v for v in board["templating"]["list"] if v["type"] == "datasource"]
-        assert ds_var["query"] == "influxdb" and ds_var["current"]["value"] == BUILD.DATASOURCE_UID
+    for name, board in dashboards().items():
+        sources = {v["name"]: v for v in board["templating"]["list"] if v["type"] == "datasource"}
+        # the energy dashboard reads the hourly rollups through a second one (they may be in another
+        # bucket), by default the same data source
+        assert set(sources) == ({"datasource", "rollups"} if name == "energy.json" else {"datasource"})
+        for ds_var in sources.values():
+            assert ds_var["query"] == "influxdb" and ds_var["current"]["value"] == BUILD.DATASOURCE_UID
         for panel in panels(board):
-            assert panel["datasource"] == {"type": "influxdb", "uid": "${datasource}"}
+            for target in panel["targets"]:
+                rollup = bool(_identifiers(target["query"])[0] & set(ROLLUP_UNITS))
+                uid = "${rollups}" if rollup else "${datasource}"
+                assert target["datasource"] == {"type": "influxdb", "uid": uid}, f"{name} {panel['title']}"
+                assert panel["datasource"] == target["datasource"], f"{name} {panel['title']}"
 
 
 # ------------------------------------------------------------------------------------ live queries
@@ -368,6 +422,7 @@ def live(
     with a non-zero error code on each device and two self-telemetry points."""
     db = f"grafana_{uuid.uuid4().hex[:10]}"
     influx_server.create_database(db)
+    started = int(time.time())
     try:
         with LocalCloud("powerstream=1,delta_pro=1", mosquitto=mosquitto_server, publish_rate=8.0) as cloud:
             state = tmp_path_factory.mktemp("grafana-live")
@@ -401,6 +456,8 @@ def live(
                 collector.write_telemetry()
                 collector.sink.flush(5)  # type: ignore[attr-defined]
                 instance = collector.mqtt.client_id
+            devices = [(d.sn, d.device_name, d.product_slug) for d in cloud.devices]
+            write_energy_history(influx_server, db, devices, started)
             yield Live(
                 influx_server,
                 db,
@@ -412,15 +469,102 @@ def live(
         influx_server.drop_database(db)
 
 
+def _tag(value: str) -> str:
+    return re.sub(r"([ ,=])", r"\\\1", value)
+
+
+def _line(measurement: str, tags: dict[str, str], fields: dict[str, float], t: int) -> str:
+    tag_text = ",".join(f"{k}={_tag(v)}" for k, v in sorted(tags.items()))
+    return f"{measurement},{tag_text} {','.join(f'{k}={float(v)!r}' for k, v in fields.items())} {t}"
+
+
+def counters(t: int, origin: int, product: str) -> dict[str, float]:
+    """Energy counters as the collector's contract defines them, at time t (s): a device that saw
+    300 W of solar on average since `origin`, 250 W out, a battery cycling through 40/35 W, and
+    1 minute in 30 not integrated (the Delta Pro also charges 20 W from AC)."""
+    seconds = t - origin
+    solar = 300 * seconds / 3600
+    gap = (seconds // 1800) * 60.0
+    return {
+        "pv_input_wh": solar,
+        "input_wh": solar + (20 * seconds / 3600 if product == "delta_pro" else 0),
+        "output_wh": 250 * seconds / 3600,
+        "battery_charge_wh": 40 * seconds / 3600,
+        "battery_discharge_wh": 35 * seconds / 3600,
+        "covered_s": seconds - gap,
+        "gap_s": gap,
+    }
+
+
+def write_energy_history(
+    influx: InfluxServer, db: str, devices: list[tuple[str, str, str]], started: int
+) -> None:
+    """Points of the documented schema where the collector did not make them itself in the few
+    seconds it ran: the energy counters (ecoflow_energy, every 60 s, when the collector wrote fewer
+    than two per device) for the 3 hours before the collector started, and the hourly rollups
+    (ecoflow_energy_1h: each counter's last value in the hour; ecoflow_summary_1h: <field>_mean,
+    _min, _max, with the Delta Pro's battery health) over two years, hourly for the last two days and
+    every 6 hours before (rollups are written by a scheduled job of the collector, not in seconds).
+    All of it ends before the collector's own points, so a counter the collector starts at 0 later is
+    a restart that adds nothing (non_negative_difference)."""
+    counted = {
+        row["sn"]: row["count"]
+        for row in influx.rows(db, f'SELECT count("pv_input_wh") FROM "{ENERGY}" GROUP BY "sn"')
+    }
+    origin = started - 800 * 86400
+    hour = started - started % 3600
+    lines = []
+    for sn, name, product in devices:
+        tags = {"sn": sn, "name": name, "product": product}
+        if counted.get(sn, 0) < 2:
+            times = [*range(started - 3 * 3600, started - 60, 60), started - 20, started - 10, started - 1]
+            lines += [_line(ENERGY, tags, counters(t, origin, product), t) for t in times]
+        hours = [*range(hour - 760 * 86400, hour - 48 * 3600, 6 * 3600), *range(hour - 48 * 3600, hour, 3600)]
+        for t in hours:
+            lines.append(_line(ENERGY_1H, tags, counters(t + 3599, origin, product), t))
+            days = (t - origin) / 86400
+            summary = {
+                "soc_percent": 55.0,
+                "input_w": 320.0,
+                "output_w": 250.0,
+                "pv_input_w": 300.0,
+                "battery_w": 5.0,
+            }
+            if product == "delta_pro":
+                summary |= {"battery_soh_percent": 100 - 2.5 * days / 365, "battery_cycles": 120 + days // 3}
+            fields: dict[str, float] = {}
+            for key, v in summary.items():
+                fields |= {f"{key}_mean": v, f"{key}_min": v - (v % 7), f"{key}_max": v + 3}
+            lines.append(_line(SUMMARY_1H, tags, fields, t))
+    for start in range(0, len(lines), 5000):
+        influx.write_lines(db, lines[start : start + 5000], precision="s")
+
+
+def time_filter(time_from: str) -> str:
+    """Grafana's $timeFilter for a range from `time_from` to now: 'now-6h', a panel's '7d' or '1y',
+    'now/d' (today, here in UTC)."""
+    if time_from == "now/d":
+        midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        return f"time >= '{midnight:%Y-%m-%dT%H:%M:%SZ}'"
+    match = re.fullmatch(r"(?:now-)?(\d+)([smhdwy])", time_from)
+    assert match, f"unsupported time range {time_from!r}"
+    count, unit = int(match.group(1)), match.group(2)
+    if unit == "y":
+        count, unit = count * 365, "d"
+    return f"time > now() - {count}{unit}"
+
+
 def grafana_regex_escape(value: str) -> str:
     """Grafana's InfluxDB data source escapes regex values like this (escapeRegex in @grafana/data)."""
     return re.sub(r"[\\^$*+?.()|[\]{}/]", lambda m: "\\" + m.group(0), value)
 
 
-def substitute(query: str, variables: dict[str, list[str]], tz: str = "UTC") -> str:
+def substitute(
+    query: str, variables: dict[str, list[str]], tz: str = "UTC", time_from: str = "now-1h"
+) -> str:
     """The query as Grafana sends it: $timeFilter, $__interval and the template variables replaced
     (a multi-value variable inside /^...$/ becomes (a|b), each value regex-escaped)."""
-    text = query.replace("$timeFilter", "time > now() - 1h")
+    text = query.replace("$timeFilter", time_filter(time_from))
     text = text.replace("$__interval_ms", "1000").replace("$__interval", "1s").replace("$interval", "1s")
     text = text.replace("$tz", tz)
 
@@ -456,7 +600,7 @@ def resolve_variables(live: Live, name: str, board: dict[str, Any]) -> dict[str,
             values[var["name"]] = [var["current"]["value"]]
         if var["type"] != "query":
             continue
-        query = substitute(var["query"], values)
+        query = substitute(var["query"], values, time_from=board["time"]["from"])
         result = live.influx.query(live.db, query)
         found = [row[1] for s in result["results"][0].get("series", []) for row in s["values"]]
         assert found, f"{name} variable {var['name']}: {query} found nothing"
@@ -464,7 +608,7 @@ def resolve_variables(live: Live, name: str, board: dict[str, Any]) -> dict[str,
     return values
 
 
-@pytest.mark.parametrize("name", ["powerstream.json", "delta_pro.json", "fleet.json", "collector.json"])
+@pytest.mark.parametrize("name", DASHBOARD_NAMES)
 def test_every_dashboard_query_returns_data_from_a_real_influxdb(live: Live, name: str) -> None:
     board = dashboards()[name]
     variables = resolve_variables(live, name, board)
@@ -479,7 +623,7 @@ def test_every_dashboard_query_returns_data_from_a_real_influxdb(live: Live, nam
     assert queries
     for query in queries:
         for tz in ("UTC", "Europe/Berlin") if "$tz" in query.text else ("UTC",):
-            text = substitute(query.text, variables, tz)
+            text = substitute(query.text, variables, tz, query.time_from)
             try:
                 result = live.influx.query(live.db, text)
             except Exception as exc:  # the message names the query
