@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -354,3 +355,25 @@ def test_write_refused_token_is_named_not_shown(tmp_path: Path) -> None:
         with InfluxQL(server.url, "right-token") as client:
             assert client.write("db", (f"m f={i} {1000 + i}" for i in range(7000))) == 7000
         assert server.rows("db", 'SELECT count("f") FROM "m"')[0]["count"] == 7000
+
+
+def test_progress_on_a_terminal(
+    influx_server: InfluxServer,
+    influx_db: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    influx_server.write_lines(influx_db, _minute_series(T0, 3), precision="ms")
+    config = write_config(tmp_path / "c.toml", influx_server.url, influx_db, tmp_path / "state")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    argv = ["rollup", "--config", str(config), "--from", "2024-01-01T00:00Z", "--to", "2024-01-01T03:00Z"]
+    assert main([*argv, "--chunk-hours", "2"]) == 0
+    out = capsys.readouterr()
+    assert out.err == (
+        "\rrollup:  66.7% up to 2024-01-01T02:00:00Z, 2 points"
+        "\rrollup: 100.0% up to 2024-01-01T03:00:00Z, 3 points\n"
+    )
+    assert out.out.startswith(
+        "rolled up 3 hours (2024-01-01T00:00:00Z .. 2024-01-01T03:00:00Z) of 1 measurements"
+    )

@@ -285,7 +285,13 @@ class RollupJob:
             nonlocal saved
             until = min(chunk_end, current_hour)
             if saved is None or until > saved:
-                self.watermark.save(until)
+                try:
+                    self.watermark.save(until)
+                except OSError as exc:  # the rollups are written; the next run redoes them
+                    log.error(
+                        "history.watermark_unwritable", path=str(self.watermark.path), reason=exc.strerror
+                    )
+                    return
                 saved = until
 
         result = roll_up(
