@@ -17,8 +17,9 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
+import paho.mqtt
 import paho.mqtt.client as mqtt
 import structlog
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -62,6 +63,23 @@ def parse_topic(topic: str) -> tuple[str, TopicKind] | None:
         return parts[3], TopicKind(parts[4])
     except ValueError:
         return None
+
+
+PAHO_VERSION: str = paho.mqtt.__version__
+# paho-mqtt releases known to have what _Client builds on: the private Client._create_socket (the
+# one place a connection's socket is made) and Client._sock (the socket the loop reads from)
+_BUFFERED_SOCKET_PAHO: Final = frozenset({(2, 1), (2, 2)})
+
+
+def buffered_socket_supported(version: str | None = None) -> bool:
+    """Whether :class:`_Client` may wrap paho's socket: the paho version (default: the installed
+    one) is one it was made for, and the hooks are there."""
+    parts = (version or PAHO_VERSION).split(".")
+    try:
+        release = (int(parts[0]), int(parts[1]))
+    except (ValueError, IndexError):
+        return False
+    return release in _BUFFERED_SOCKET_PAHO and callable(getattr(mqtt.Client, "_create_socket", None))
 
 
 _READ_CHUNK = 65536
@@ -185,10 +203,10 @@ class _Client(mqtt.Client):
 
     def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
         rc = super().loop_read(max_packets)
-        sock = self._sock
+        sock = getattr(self, "_sock", None)
         passes = 0  # bounded, so keepalive and writes get their turn in a long burst
         while rc == mqtt.MQTT_ERR_SUCCESS and isinstance(sock, _BufferedSocket) and passes < 1000:
-            if not sock.buffered() or self._sock is not sock:
+            if not sock.buffered() or getattr(self, "_sock", None) is not sock:
                 break
             rc = super().loop_read(max_packets)
             passes += 1
@@ -213,8 +231,15 @@ class MqttSource:
         keepalive_s: int = 60,
         reconnect_max_s: float = 300.0,
         on_connected: Callable[[], None] | None = None,
+        buffered_socket: bool | None = None,
     ) -> None:
+        """``buffered_socket``: None (default) buffers the broker connection (:class:`_BufferedSocket`)
+        when the installed paho is a release known to have the private hooks it needs, else uses
+        paho's own socket (logged once); True/False force either."""
         self.client_id = client_id
+        self._buffered_socket = buffered_socket
+        self._socket_fallback_logged = False
+        self.socket_mode = ""  # "buffered" or "paho" once a client is built
         self._credentials_provider = credentials
         self._handler = on_message
         self._clock_ms = clock_ms
@@ -296,7 +321,18 @@ class MqttSource:
     # --- paho plumbing -------------------------------------------------------------------------
 
     def _build(self, credentials: MqttCredentials) -> mqtt.Client:
-        client = _Client(
+        buffered = buffered_socket_supported() if self._buffered_socket is None else self._buffered_socket
+        if not buffered and not self._socket_fallback_logged:
+            self._socket_fallback_logged = True
+            log.info(
+                "mqtt.buffered_socket_off",
+                paho_version=PAHO_VERSION,
+                reason="disabled"
+                if self._buffered_socket is False
+                else "paho-mqtt release not known to have the socket hooks; using paho's own socket",
+            )
+        self.socket_mode = "buffered" if buffered else "paho"
+        client = (_Client if buffered else mqtt.Client)(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=mqtt.MQTTv311,
