@@ -81,6 +81,10 @@ TRIPLES: dict[str, tuple[Triple, ...]] = {
         Triple("inLvMpptVol", "inLvMpptAmp", "powGetPvL"),
     ),
     "smart_plug": (Triple("2_1.volt", "2_1.current", "2_1.watts", ac=True),),
+    "smart_meter": tuple(
+        Triple(f"gridConnectionVol{p}", f"gridConnectionAmp{p}", f"gridConnectionPower{p}", ac=True)
+        for p in ("L1", "L2", "L3")
+    ),
 }
 
 # Real captures per product (file names in ../shared/captures). Tolwi's diagnostics dump keeps the
@@ -116,6 +120,11 @@ CAPTURE_FILES: dict[str, tuple[str, ...]] = {
         "smartplug_colombod-vector_1.json",
         "smartplug_official-doc_1.json",
         "smartplug_rustyy-fixture_1.json",
+    ),
+    "smart_meter": (
+        "smartmeter_colombod-recording_1.json",
+        "smartmeter_colombod-recording_2.json",
+        "smartmeter_colombod-vector_1.json",
     ),
 }
 
@@ -464,6 +473,23 @@ FIXTURE_VALUES |= {
     },
 }
 
+FIXTURE_VALUES |= {
+    ("smart_meter", "push_three_phases.json"): {
+        "powGetSysGrid": 512.25,
+        "gridConnectionPowerL3": -612.25,
+        "gridConnectionVolL1": 231.4,
+        "gridConnectionAmpL1": 4.21,
+        "gridConnectionFlagL2": 1.0,
+    },
+    ("smart_meter", "push_records.json"): {
+        "gridConnectionDataRecord.totalActiveEnergy": 4410233.0,
+        "gridConnectionDataRecord.todayActiveL3": 695902.0,
+        "displayPropertyFullUploadPeriod": 120.0,
+        "runtimePropertyIncrementalUploadPeriod": 60.0,
+        "debugModeEnable": 0.0,
+    },
+}
+
 # (product, fixture) -> keys that arrive but are not written (sentinels)
 FIXTURE_SENTINELS: dict[tuple[str, str], tuple[str, ...]] = {
     ("delta_2", "quota_all_charging.json"): (
@@ -653,6 +679,18 @@ def test_smart_plug_captures() -> None:
     )
     vector = _capture_values("smart_plug", "smartplug_colombod-vector_1.json")
     assert summarize(CATALOG.products["smart_plug"], vector) == {"output_w": 264.0}
+
+
+def test_smart_meter_captures() -> None:
+    vector = _capture_values("smart_meter", "smartmeter_colombod-vector_1.json")
+    phases = sum(vector[f"gridConnectionPower{p}"] for p in ("L1", "L2", "L3"))
+    assert vector["powGetSysGrid"] == phases == 4917.057
+    assert vector["gridConnectionVolL1"] * vector["gridConnectionAmpL1"] == pytest.approx(5129.3, abs=0.1)
+    pushed = _capture_values("smart_meter", "smartmeter_colombod-recording_1.json")
+    assert pushed["gridConnectionDataRecord.totalActiveEnergy"] == 12825839.0
+    assert summarize(CATALOG.products["smart_meter"], pushed) == {}  # a meter feeds no summary
+    empty = decode_object(_capture_object("smartmeter_colombod-recording_3.json"))
+    assert empty.values == {}  # quota/all success without `data`
 
 
 # --- docs/products.md ------------------------------------------------------------------------------

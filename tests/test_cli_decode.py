@@ -20,6 +20,7 @@ PRODUCTS = {
     "delta_pro",
     "delta_pro_3",
     "powerstream",
+    "smart_meter",
     "smart_plug",
 }  # every catalog product
 
