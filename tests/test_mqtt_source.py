@@ -3,9 +3,15 @@ to paho's own socket, refused subscriptions, and a broker move announced by the 
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
+import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -16,7 +22,8 @@ from structlog.testing import capture_logs
 from collector.decoding import TopicKind
 from collector.sources import mqtt as mqtt_source
 from collector.sources.mqtt import MqttCredentials, MqttSource, _Client
-from collector.testbed import MosquittoServer
+from collector.testbed import MosquittoServer, free_port
+from collector.testbed.ports import port_accepts
 from tests.conftest import MQTT_PASSWORD, MQTT_USER
 
 
@@ -143,3 +150,174 @@ def test_buffered_socket_can_be_forced_off(
     finally:
         sender.disconnect()
         sender.loop_stop()
+
+
+# ------------------------------------------------------------------ refused subscriptions
+# Mosquitto 2.0's acl_file grants every SUBSCRIBE (it filters at delivery: see
+# collector/testbed/mosquitto.py). Its dynamic-security plugin checks subscriptions, and refuses
+# one outside the client's roles with 0x80 on MQTT 3.1.1 (what MqttSource speaks; 0x87 on MQTT 5).
+
+DYNSEC_PLUGIN = Path("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so")
+DYN_USER, DYN_PASSWORD = "open-dynsec-user", "dynsec-password"
+ADMIN_USER, ADMIN_PASSWORD = "dynsec-admin", "admin-password"
+
+
+def _dynsec_client(user: str, password: str, roles: list[str]) -> dict[str, Any]:
+    salt = os.urandom(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, 101, 64)
+    return {
+        "username": user,
+        "password": base64.b64encode(digest).decode(),
+        "salt": base64.b64encode(salt).decode(),
+        "iterations": 101,
+        "roles": [{"rolename": role} for role in roles],
+    }
+
+
+def _acl(kind: str, topic: str) -> dict[str, Any]:
+    return {"acltype": kind, "topic": topic, "priority": 0, "allow": True}
+
+
+class DynsecBroker:
+    """Mosquitto with the dynamic-security plugin on a plain 127.0.0.1 listener: DYN_USER may
+    subscribe only to the topics of device OK000001 (and publish anything under /open/)."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.host = "127.0.0.1"
+        self.port = free_port()
+        self.workdir = workdir
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> DynsecBroker:
+        if not DYNSEC_PLUGIN.exists():
+            pytest.fail(f"{DYNSEC_PLUGIN} missing (Debian's mosquitto package ships it)")
+        config = {
+            "defaultACLAccess": {
+                "publishClientSend": False,
+                "publishClientReceive": True,
+                "subscribe": False,
+                "unsubscribe": True,
+            },
+            "clients": [
+                _dynsec_client(DYN_USER, DYN_PASSWORD, ["device"]),
+                _dynsec_client(ADMIN_USER, ADMIN_PASSWORD, ["admin"]),
+            ],
+            "groups": [],
+            "roles": [
+                {
+                    "rolename": "device",
+                    "acls": [
+                        _acl("subscribePattern", f"/open/{DYN_USER}/OK000001/#"),
+                        _acl("publishClientSend", "/open/#"),
+                    ],
+                },
+                {
+                    "rolename": "admin",
+                    "acls": [
+                        _acl("publishClientSend", "$CONTROL/dynamic-security/#"),
+                        _acl("subscribePattern", "$CONTROL/dynamic-security/#"),
+                        _acl("publishClientReceive", "$CONTROL/dynamic-security/#"),
+                    ],
+                },
+            ],
+        }
+        (self.workdir / "dynsec.json").write_text(json.dumps(config))
+        lines = [
+            "user root" if os.geteuid() == 0 else "",
+            "per_listener_settings false",
+            "allow_anonymous false",
+            f"plugin {DYNSEC_PLUGIN}",
+            f"plugin_opt_config_file {self.workdir / 'dynsec.json'}",
+            f"listener {self.port} {self.host}",
+            f"log_dest file {self.workdir / 'mosquitto.log'}",
+        ]
+        (self.workdir / "mosquitto.conf").write_text("\n".join(lines) + "\n")
+        self.process = subprocess.Popen(
+            ["mosquitto", "-c", str(self.workdir / "mosquitto.conf")],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(lambda: port_accepts(self.host, self.port), timeout=15, what="mosquitto (dynsec)")
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+
+    def allow_all_subscriptions(self) -> None:
+        """The admin lets every client subscribe to anything (no client is disconnected)."""
+        answered = threading.Event()
+        admin = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="dynsec-admin")
+        admin.username_pw_set(ADMIN_USER, ADMIN_PASSWORD)
+        admin.on_message = lambda _c, _u, _m: answered.set()
+        admin.on_subscribe = lambda c, *_a: c.publish(
+            "$CONTROL/dynamic-security/v1",
+            json.dumps(
+                {
+                    "commands": [
+                        {"command": "setDefaultACLAccess", "acls": [{"acltype": "subscribe", "allow": True}]}
+                    ]
+                }
+            ),
+            qos=1,
+        )
+        admin.on_connect = lambda c, *_a: c.subscribe("$CONTROL/dynamic-security/#", qos=1)
+        admin.connect(self.host, self.port)
+        admin.loop_start()
+        try:
+            assert answered.wait(10), "no answer from the dynamic-security plugin"
+        finally:
+            admin.disconnect()
+            admin.loop_stop()
+
+
+def test_refused_subscription_is_logged_counted_and_retried_with_capped_backoff(
+    tmp_path: Path, sources: list[MqttSource]
+) -> None:
+    with DynsecBroker(tmp_path) as broker:
+        received = Received()
+        credentials = MqttCredentials(broker.host, broker.port, DYN_USER, DYN_PASSWORD, False)
+        with capture_logs() as logs:
+            source = MqttSource(
+                f"refused-{time.time_ns()}",
+                lambda: credentials,
+                received,
+                now_ms,
+                subscribe_retry_initial_s=0.2,
+                subscribe_retry_max_s=0.8,
+            )
+            sources.append(source)
+            source.add_devices(["OK000001", "NO000001"])
+            source.start()
+            wait_for(lambda: source.subscribe_refusals >= 3 * 4, what="the first refusal and three retries")
+            refused = [e for e in logs if e["event"] == "mqtt.subscribe_refused"]
+            # one warning per refused topic, not per retry
+            assert sorted(e["topic"] for e in refused) == sorted(
+                f"/open/{DYN_USER}/NO000001/{kind.value}" for kind in TopicKind
+            )
+            assert all(e["log_level"] == "warning" and e["reason_code"] == 0x80 for e in refused)
+            waits = [e["retry_in_s"] for e in logs if e["event"] == "mqtt.subscribe_still_refused"]
+            assert waits[:3] == [0.4, 0.8, 0.8]  # doubled, capped at subscribe_retry_max_s
+            assert source.connects == 1  # retried on the same session, no reconnect
+
+            broker.allow_all_subscriptions()
+            wait_for(
+                lambda: sum(e["event"] == "mqtt.subscribe_granted" for e in logs) == 3,
+                timeout=10,
+                what="the retry granted",
+            )
+        refusals = source.subscribe_refusals
+        sender = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="dyn-sender")
+        sender.username_pw_set(DYN_USER, DYN_PASSWORD)
+        sender.connect(broker.host, broker.port)
+        sender.loop_start()
+        try:
+            publish(sender, f"/open/{DYN_USER}/NO000001/quota", [b'{"params":{"a":1}}'])
+            publish(sender, f"/open/{DYN_USER}/OK000001/quota", [b'{"params":{"b":2}}'])
+            wait_for(lambda: received.payloads("NO000001") and received.payloads("OK000001"), what="both")
+        finally:
+            sender.disconnect()
+            sender.loop_stop()
+        time.sleep(1.0)
+        assert source.subscribe_refusals == refusals  # no retries once granted

@@ -232,6 +232,8 @@ class MqttSource:
         reconnect_max_s: float = 300.0,
         on_connected: Callable[[], None] | None = None,
         buffered_socket: bool | None = None,
+        subscribe_retry_initial_s: float = 5.0,
+        subscribe_retry_max_s: float = 300.0,
     ) -> None:
         """``buffered_socket``: None (default) buffers the broker connection (:class:`_BufferedSocket`)
         when the installed paho is a release known to have the private hooks it needs, else uses
@@ -258,6 +260,17 @@ class MqttSource:
         self.last_message_ms = 0
         self.connects = 0
         self.auth_failures = 0
+        # SUBACK refusals (reason code >= 0x80): every refused topic filter, counted, retried with
+        # a capped exponential backoff until the broker grants it (or the next connect does)
+        self.subscribe_refusals = 0
+        self._sub_lock = threading.Lock()
+        self._sub_pending: dict[int, list[str]] = {}  # SUBSCRIBE mid -> its topic filters
+        self._sub_early: dict[int, list[ReasonCode]] = {}  # SUBACKs that beat subscribe()'s return
+        self._refused: set[str] = set()
+        self._sub_retry_initial_s = subscribe_retry_initial_s
+        self._sub_retry_max_s = subscribe_retry_max_s
+        self._sub_backoff_s = subscribe_retry_initial_s
+        self._sub_timer: threading.Timer | None = None
         self.messages: dict[str, int] = {kind.value: 0 for kind in TopicKind}
 
     @property
@@ -292,6 +305,10 @@ class MqttSource:
         with self._lock:
             self._stopping.set()
             client = self._client
+        with self._sub_lock:
+            timer, self._sub_timer = self._sub_timer, None
+        if timer is not None:
+            timer.cancel()
         if client is not None:
             client.disconnect()
             stopper = threading.Thread(target=client.loop_stop, name="mqtt-stop", daemon=True)
@@ -347,16 +364,92 @@ class MqttSource:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         return client
 
     def _subscribe(self, client: mqtt.Client, account: str, serials: list[str]) -> None:
-        topics = [(t, 1) for sn in serials for t in topic_filters(account, sn)]
+        topics = [t for sn in serials for t in topic_filters(account, sn)]
+        if self._send_subscribe(client, topics):
+            log.info("mqtt.subscribed", devices=len(serials))
+
+    def _send_subscribe(self, client: mqtt.Client, topics: list[str]) -> bool:
+        """SUBSCRIBE in chunks; each chunk's SUBACK is checked in :meth:`_on_subscribe`."""
         for start in range(0, len(topics), _SUBSCRIBE_CHUNK):
-            result, _ = client.subscribe(topics[start : start + _SUBSCRIBE_CHUNK])
-            if result != mqtt.MQTT_ERR_SUCCESS:
+            chunk = topics[start : start + _SUBSCRIBE_CHUNK]
+            result, mid = client.subscribe([(t, 1) for t in chunk])
+            if result != mqtt.MQTT_ERR_SUCCESS or mid is None:
                 log.warning("mqtt.subscribe_failed", error=mqtt.error_string(result))
+                return False
+            with self._sub_lock:  # never held while calling paho: its thread takes this lock too
+                early = self._sub_early.pop(mid, None)
+                if early is None:
+                    self._sub_pending[mid] = chunk
+            if early is not None:
+                self._check_suback(chunk, early)
+        return True
+
+    def _on_subscribe(
+        self, client: mqtt.Client, _userdata: Any, mid: int, reason_codes: list[ReasonCode], _props: Any
+    ) -> None:
+        if client is not self._client:
+            return
+        with self._sub_lock:
+            topics = self._sub_pending.pop(mid, None)
+            if topics is None:  # the SUBACK came before subscribe() returned its mid
+                self._sub_early[mid] = list(reason_codes)
                 return
-        log.info("mqtt.subscribed", devices=len(serials))
+        self._check_suback(topics, list(reason_codes))
+
+    def _check_suback(self, topics: list[str], reason_codes: list[ReasonCode]) -> None:
+        """Count and log refused topic filters (a reason code >= 0x80: 0x80 on MQTT 3.1.1, 0x87
+        "Not authorized" and others on MQTT 5) and schedule their retry."""
+        refused = [(t, rc) for t, rc in zip(topics, reason_codes, strict=False) if rc.is_failure]
+        granted = {t for t, rc in zip(topics, reason_codes, strict=False) if not rc.is_failure}
+        with self._sub_lock:
+            recovered = sorted(granted & self._refused)
+            self._refused -= granted
+            newly = [(t, rc) for t, rc in refused if t not in self._refused]
+            self.subscribe_refusals += len(refused)
+            self._refused.update(t for t, _ in refused)
+            if not self._refused:
+                self._sub_backoff_s = self._sub_retry_initial_s
+            retry_in = self._schedule_subscribe_retry_locked() if self._refused else None
+        for topic in recovered:
+            log.info("mqtt.subscribe_granted", topic=topic)
+        for topic, rc in newly:  # one warning per refused topic; a refusal repeated on retry is not news
+            log.warning(
+                "mqtt.subscribe_refused",
+                topic=topic,
+                reason=str(rc),
+                reason_code=int(rc.value),
+                retry_in_s=retry_in,
+            )
+        if refused and len(newly) < len(refused):
+            log.info("mqtt.subscribe_still_refused", topics=len(refused) - len(newly), retry_in_s=retry_in)
+
+    def _schedule_subscribe_retry_locked(self) -> float | None:
+        """Start the retry timer unless one is waiting; the delay it waits (None when stopping)."""
+        if self._stopping.is_set():
+            return None
+        if self._sub_timer is not None:
+            return float(self._sub_timer.interval)
+        delay = self._sub_backoff_s
+        self._sub_backoff_s = min(delay * 2, self._sub_retry_max_s)
+        timer = threading.Timer(delay, self._retry_refused)
+        timer.daemon = True
+        timer.name = "mqtt-subscribe-retry"
+        self._sub_timer = timer
+        timer.start()
+        return delay
+
+    def _retry_refused(self) -> None:
+        with self._sub_lock:
+            self._sub_timer = None
+            topics = sorted(self._refused)
+        client = self._client
+        if not topics or self._stopping.is_set() or client is None or not self.connected:
+            return  # the next connect subscribes every device again
+        self._send_subscribe(client, topics)
 
     def _on_connect(
         self, client: mqtt.Client, _userdata: Any, _flags: Any, reason_code: ReasonCode, _props: Any
@@ -368,6 +461,9 @@ class MqttSource:
                 self.auth_failures += 1
                 self._refresh_credentials_later()
             return
+        with self._sub_lock:  # a new session: mids start over
+            self._sub_pending.clear()
+            self._sub_early.clear()
         self.connected = True
         self.connects += 1
         self._auth_backoff_s = 5.0
