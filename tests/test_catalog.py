@@ -85,6 +85,9 @@ TRIPLES: dict[str, tuple[Triple, ...]] = {
         Triple(f"gridConnectionVol{p}", f"gridConnectionAmp{p}", f"gridConnectionPower{p}", ac=True)
         for p in ("L1", "L2", "L3")
     ),
+    "stream": tuple(
+        Triple(f"plugInInfoPv{n}Vol", f"plugInInfoPv{n}Amp", f"powGetPv{n}") for n in ("", "2", "3", "4")
+    ),
 }
 
 # Real captures per product (file names in ../shared/captures). Tolwi's diagnostics dump keeps the
@@ -125,6 +128,15 @@ CAPTURE_FILES: dict[str, tuple[str, ...]] = {
         "smartmeter_colombod-recording_1.json",
         "smartmeter_colombod-recording_2.json",
         "smartmeter_colombod-vector_1.json",
+    ),
+    "stream": (
+        "streamacpro_colombod-recording_1.json",
+        "streamacpro_colombod-recording_2.json",
+        "streamacpro_colombod-recording_3.json",
+        "streamultra_colombod-recording_1.json",
+        "streamultra_colombod-recording_2.json",
+        "streamultra_colombod-recording_3.json",
+        "streamultra_colombod-vector_1.json",
     ),
 }
 
@@ -490,6 +502,33 @@ FIXTURE_VALUES |= {
     },
 }
 
+FIXTURE_VALUES |= {
+    ("stream", "push_ultra_charging.json"): {
+        "powGetPv": 611.2,
+        "plugInInfoPvVol": 38.4,
+        "vBat": 20.54,
+        "designCap": 100.0,
+        "bmsChgRemTime": 3120.0,
+        "relay2Onoff": 1.0,
+    },
+    ("stream", "quota_all_discharging.json"): {
+        "cloudMetter.phaseAPower": 102.0,
+        "gridConnectionPower": 598.2,
+        "powGetBpCms": -612.5,
+        "vBat": 19.31,
+    },
+    ("stream", "push_ac_pro_ems.json"): {
+        "v1p0.chgVol": 22.017,
+        "v1p0.chgAmp": 90.0,
+        "v1p0.dsgRemainTime": 18660.0,
+        "v1p0.bmsIsConnt[2]": 1.0,
+        "ongridVinRms": 231.2,
+        "iotLan1PlugConsPwr": -45.5,
+        "displayPropertyIncrementalUploadPeriod": 2.0,
+        "invIl1Rms": 22.0,
+    },
+}
+
 # (product, fixture) -> keys that arrive but are not written (sentinels)
 FIXTURE_SENTINELS: dict[tuple[str, str], tuple[str, ...]] = {
     ("delta_2", "quota_all_charging.json"): (
@@ -503,10 +542,26 @@ FIXTURE_SENTINELS: dict[tuple[str, str], tuple[str, ...]] = {
     ),
     ("delta_2", "mqtt_bms_status_discharging.json"): ("bms_bmsStatus.chgCap",),
     ("smart_plug", "quota_all.json"): ("2_1.mqttErrTime", "2_1.wifiErrTime"),
+    ("stream", "push_ultra_charging.json"): ("bmsDsgRemTime",),
+    ("stream", "push_ac_pro_ems.json"): ("v1p0.chgRemainTime",),
     ("delta_2", "mqtt_ems_status_discharging.json"): ("bms_emsStatus.chgRemainTime",),
 }
 
 FIXTURE_SUMMARIES: dict[tuple[str, str], dict[str, float]] = {
+    ("stream", "push_ultra_charging.json"): {
+        "soc_percent": 61.0,
+        "pv_input_w": 1194.0,
+        "battery_w": 548.0,
+        "battery_soh_percent": 100.0,
+        "battery_cycles": 88.0,
+    },
+    ("stream", "quota_all_discharging.json"): {
+        "soc_percent": 33.0,
+        "pv_input_w": 0.0,
+        "battery_w": -621.0,
+        "battery_soh_percent": 100.0,
+        "battery_cycles": 88.0,
+    },
     ("smart_plug", "quota_all.json"): {"output_w": 189.3},
     ("smart_plug", "mqtt_heartbeat.json"): {"output_w": 65.2},
     ("delta_pro_3", "quota_all_charging.json"): {
@@ -691,6 +746,25 @@ def test_smart_meter_captures() -> None:
     assert summarize(CATALOG.products["smart_meter"], pushed) == {}  # a meter feeds no summary
     empty = decode_object(_capture_object("smartmeter_colombod-recording_3.json"))
     assert empty.values == {}  # quota/all success without `data`
+
+
+def test_stream_captures_balance() -> None:
+    for name in ("streamultra_colombod-recording_2.json", "streamultra_colombod-recording_3.json"):
+        out = _capture_values("stream", name)
+        assert out["powGetSysGrid"] == pytest.approx(out["powGetSysLoad"] + out["powGetBpCms"], abs=0.01)
+    charging = _capture_values("stream", "streamultra_colombod-recording_2.json")
+    assert charging["powGetBpCms"] == 37.375 and charging["bmsChgDsgState"] == 2.0  # positive = charging
+    vector = _capture_values("stream", "streamultra_colombod-vector_1.json")
+    assert 100 * vector["remainCap"] / vector["fullCap"] == pytest.approx(46.495)
+    assert summarize(CATALOG.products["stream"], vector) == {
+        "soc_percent": 45.0,
+        "pv_input_w": 0.0,
+        "battery_w": 970.0,
+        "battery_soh_percent": 100.0,
+        "battery_cycles": 219.0,
+    }
+    ems = _capture_values("stream", "streamacpro_colombod-recording_3.json")
+    assert ems["v1p0.chgVol"] == 22.017 and "v1p0.chgRemainTime" not in ems
 
 
 # --- docs/products.md ------------------------------------------------------------------------------

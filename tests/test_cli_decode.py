@@ -22,6 +22,7 @@ PRODUCTS = {
     "powerstream",
     "smart_meter",
     "smart_plug",
+    "stream",
 }  # every catalog product
 
 
