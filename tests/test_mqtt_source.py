@@ -19,7 +19,10 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from structlog.testing import capture_logs
 
+from collector.api.client import EcoflowClient, RequestBudget
 from collector.decoding import TopicKind
+from collector.simulator.broker import BrokerInfo
+from collector.simulator.server import LocalCloud
 from collector.sources import mqtt as mqtt_source
 from collector.sources.mqtt import MqttCredentials, MqttSource, _Client
 from collector.testbed import MosquittoServer, free_port
@@ -321,3 +324,71 @@ def test_refused_subscription_is_logged_counted_and_retried_with_capped_backoff(
             sender.loop_stop()
         time.sleep(1.0)
         assert source.subscribe_refusals == refusals  # no retries once granted
+
+
+# ------------------------------------------------------------------ a broker move
+
+
+def test_a_new_broker_in_the_certification_is_used_at_the_next_reconnect(sources: list[MqttSource]) -> None:
+    """EcoFlow's `/certification` names another host/port: after the connection to the old broker
+    drops, the source asks for credentials again and connects to the new one (no restart)."""
+    with (
+        MosquittoServer() as first,
+        MosquittoServer() as second,
+        LocalCloud(
+            "powerstream=1",
+            broker=BrokerInfo.from_mosquitto(first, tls=False),
+            mosquitto=first,
+            publish_rate=None,
+        ) as cloud,
+    ):
+        account = cloud.account
+        device = cloud.devices[0]
+        client = EcoflowClient(cloud.url, account.access_key, account.secret_key, budget=RequestBudget())
+
+        def credentials() -> MqttCredentials:
+            cert = client.certification()
+            return MqttCredentials(
+                cert.url,
+                cert.port_number,
+                cert.certificateAccount,
+                cert.certificatePassword.get_secret_value(),
+                cert.protocol != "mqtt",
+            )
+
+        received = Received()
+        try:
+            with capture_logs() as logs:
+                source = MqttSource(
+                    f"move-{time.time_ns()}",
+                    credentials,
+                    received,
+                    now_ms,
+                    reconnect_max_s=2,
+                    credentials_recheck_s=0.5,
+                )
+                sources.append(source)
+                source.add_devices([device.sn])
+                source.start()
+                wait_for(lambda: source.connected, what="connected to the first broker")
+                assert cloud.publisher is not None
+                cloud.publisher.publish_report(device, full=True)
+                wait_for(lambda: received.payloads(device.sn), what="a report via the first broker")
+
+                cloud.move_broker(BrokerInfo.from_mosquitto(second, tls=False), mosquitto=second)
+                first.kill()
+                wait_for(
+                    lambda: source.connected and source._host() == f"{second.host}:{second.port}",
+                    what="connected to the second broker",
+                )
+                before = len(received.payloads(device.sn))
+                cloud.publisher.publish_report(device, full=True)
+                wait_for(lambda: len(received.payloads(device.sn)) > before, what="a report via the second")
+            moved = [e for e in logs if e["event"] == "mqtt.broker_changed"]
+            assert [(e["old"], e["new"]) for e in moved] == [
+                (f"{first.host}:{first.port}", f"{second.host}:{second.port}")
+            ]
+            assert source.connects == 2
+            assert cloud.cloud.counts["/iot-open/sign/certification"] >= 2
+        finally:
+            client.close()

@@ -201,6 +201,21 @@ class LocalCloud:
             self.accounts.bind(owner, device)
         return added
 
+    def move_broker(self, broker: BrokerInfo, mosquitto: MosquittoServer | None = None) -> None:
+        """EcoFlow moves the accounts to another broker: `/certification` names it from now on,
+        and the simulated devices publish there (`mosquitto`, if given, gets the accounts' users)."""
+        if mosquitto is not None:
+            register_users(mosquitto, self.accounts)
+            self.mosquitto = mosquitto
+        self.broker = broker
+        self.cloud.broker = broker
+        if self.publisher is not None:
+            self.publisher.disconnect()
+            self.publisher.broker = broker
+            if self._started:
+                self.publisher.connect()
+        log.info("simulator.broker_moved", broker=f"{broker.host}:{broker.port}")
+
     def set_online(self, sn: str, online: bool) -> None:
         """Take a device on or off line; a change sends its `/status` message."""
         device = self.device(sn)

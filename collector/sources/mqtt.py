@@ -50,6 +50,10 @@ class MqttCredentials:
 MessageHandler = Callable[[str, TopicKind, bytes], None]  # (sn, topic kind, payload)
 
 
+def _endpoint(credentials: MqttCredentials) -> tuple[str, int, bool, Path | None]:
+    return credentials.host, credentials.port, credentials.tls, credentials.ca_file
+
+
 def topic_filters(account: str, sn: str) -> list[str]:
     return [f"/open/{account}/{sn}/{kind.value}" for kind in TopicKind]
 
@@ -234,6 +238,7 @@ class MqttSource:
         buffered_socket: bool | None = None,
         subscribe_retry_initial_s: float = 5.0,
         subscribe_retry_max_s: float = 300.0,
+        credentials_recheck_s: float = 5.0,
     ) -> None:
         """``buffered_socket``: None (default) buffers the broker connection (:class:`_BufferedSocket`)
         when the installed paho is a release known to have the private hooks it needs, else uses
@@ -253,6 +258,8 @@ class MqttSource:
         self._client: mqtt.Client | None = None
         self._credentials: MqttCredentials | None = None
         self._refreshing = threading.Event()
+        self._rechecking = threading.Event()
+        self._recheck_initial_s = credentials_recheck_s
         self._stopping = threading.Event()
         self._auth_backoff_s = 5.0
         self.connected = False
@@ -286,18 +293,41 @@ class MqttSource:
             log.error("mqtt.credentials_failed", error=str(exc))
             self._refresh_credentials_later()
             return
-        self._use(credentials)
+        with self._lock:
+            old = self._use(credentials)
+        self._dispose(old)
 
-    def _use(self, credentials: MqttCredentials) -> None:
+    def _use(self, credentials: MqttCredentials) -> mqtt.Client | None:
+        """Take fresh credentials (under ``_lock``). A new broker endpoint (host, port, TLS) gets a
+        new paho client connecting there; the old one is returned, for :meth:`_dispose` once the
+        lock is released. A new user name or password is used at paho's next reconnect."""
         if self._stopping.is_set():
-            return
-        self._credentials = credentials
-        if self._client is None:
+            return None
+        before, self._credentials = self._credentials, credentials
+        if self._client is None or (before is not None and _endpoint(before) != _endpoint(credentials)):
+            old = self._client
+            if old is not None and before is not None:
+                log.info(
+                    "mqtt.broker_changed",
+                    old=f"{before.host}:{before.port}",
+                    new=f"{credentials.host}:{credentials.port}",
+                    tls=credentials.tls,
+                )
             self._client = self._build(credentials)
             self._client.connect_async(credentials.host, credentials.port, self._keepalive)
             self._client.loop_start()
-        else:  # paho's loop uses them at its next reconnect
-            self._client.username_pw_set(credentials.username, credentials.password)
+            return old
+        self._client.username_pw_set(credentials.username, credentials.password)
+        return None
+
+    def _dispose(self, client: mqtt.Client | None, timeout: float = 2.0) -> None:
+        """Disconnect a replaced client and end its thread (bounded; its callbacks are ignored)."""
+        if client is None:
+            return
+        client.disconnect()
+        stopper = threading.Thread(target=client.loop_stop, name="mqtt-dispose", daemon=True)
+        stopper.start()
+        stopper.join(timeout)
 
     def stop(self, timeout: float = 2.0) -> None:
         """Disconnect; paho's thread gets `timeout` seconds to finish (it may be stuck in a DNS
@@ -454,6 +484,9 @@ class MqttSource:
     def _on_connect(
         self, client: mqtt.Client, _userdata: Any, _flags: Any, reason_code: ReasonCode, _props: Any
     ) -> None:
+        if client is not self._client:  # a replaced client that connected before it was stopped
+            client.disconnect()
+            return
         if reason_code.is_failure:
             self.connected = False
             log.error("mqtt.connect_refused", reason=str(reason_code), host=self._host())
@@ -480,12 +513,45 @@ class MqttSource:
             log.exception("mqtt.on_connect_failed")
 
     def _on_disconnect(
-        self, _client: mqtt.Client, _userdata: Any, _flags: Any, reason_code: ReasonCode, _props: Any
+        self, client: mqtt.Client, _userdata: Any, _flags: Any, reason_code: ReasonCode, _props: Any
     ) -> None:
+        if client is not self._client:
+            return
         was = self.connected
         self.connected = False
         if was and not self._stopping.is_set():
             log.warning("mqtt.disconnected", reason=str(reason_code))
+            self._recheck_credentials()
+
+    def _recheck_credentials(self) -> None:
+        """While disconnected, ask the certification endpoint again (at once, then with a capped
+        backoff): when it names another broker (EcoFlow moved the account), connect there
+        rather than retrying the old one. Off paho's thread; ends once connected again."""
+        if self._rechecking.is_set() or self._stopping.is_set():
+            return
+        self._rechecking.set()
+
+        def recheck() -> None:
+            delay, failures = 0.0, 0
+            try:
+                while not self._stopping.wait(delay) and not self.connected:
+                    delay = min(max(delay * 2, self._recheck_initial_s), max(self._reconnect_max, 1.0))
+                    try:
+                        fresh = self._credentials_provider()
+                    except Exception as exc:  # the provider's HTTP errors
+                        failures += 1
+                        if failures == 1:  # once per disconnection; paho keeps retrying meanwhile
+                            log.warning("mqtt.credentials_recheck_failed", error=str(exc))
+                        continue
+                    with self._lock:
+                        old = self._use(fresh)
+                    if old is not None:
+                        self._dispose(old)
+                        return
+            finally:
+                self._rechecking.clear()
+
+        threading.Thread(target=recheck, name="mqtt-recheck", daemon=True).start()
 
     def _on_message(self, _client: mqtt.Client, _userdata: Any, message: mqtt.MQTTMessage) -> None:
         parsed = parse_topic(message.topic)
@@ -518,7 +584,8 @@ class MqttSource:
                 fresh = self._credentials_provider()
                 log.info("mqtt.credentials_refreshed", username=fresh.username)
                 with self._lock:
-                    self._use(fresh)
+                    old = self._use(fresh)
+                self._dispose(old)
             except Exception as exc:  # the provider's HTTP errors
                 log.error("mqtt.credentials_refresh_failed", error=str(exc), retry_in_s=self._auth_backoff_s)
             finally:
