@@ -31,7 +31,28 @@ def test_demo_fills_a_private_influxdb_and_reports_what_it_collected(tmp_path: P
     # the closing query read the summary of both simulated devices back from InfluxDB
     assert re.search(r"PowerStream-\d+: SoC [\d.]+ %", out), out
     assert re.search(r"DELTA Pro-\d+: SoC [\d.]+ %", out), out
+    # the energy report, through `report`'s code from InfluxDB: a row per device for today
+    report = out.split("energy report (the same as `ecoflow-collector report --by day`):\n", 1)[1]
+    assert re.search(r"^PowerStream-\d+ +HW51\w+ +\d{4}-\d\d-\d\d +[\d.]+", report, re.M), out
+    assert re.search(r"^DELTA Pro-\d+ +DCABZ\w+ +\d{4}-\d\d-\d\d +[\d.]+", report, re.M), out
+    assert_energy_matches_the_simulation(out)
     assert "Traceback" not in result.stderr
+
+
+def assert_energy_matches_the_simulation(out: str) -> None:
+    """Every flow with energy collected within 2 % of what the simulated devices produced."""
+    check = out.split("energy check against the simulated devices (Wh):\n", 1)[1]
+    rows = re.findall(r"^(.+?) +(\w+) +([\d.]+) +([\d.]+) +(\S+ %|-)$", check, re.M)
+    assert {(device.split("-")[0], flow) for device, flow, *_ in rows} >= {
+        ("PowerStream", "pv_input"),
+        ("DELTA Pro", "output"),
+    }, out
+    compared = 0
+    for _device, _flow, collected, simulated, _diff in rows:
+        if float(simulated) >= 0.05:  # printed with 3 decimals: 0.0005 Wh of rounding
+            assert abs(float(collected) - float(simulated)) <= 0.02 * float(simulated) + 0.001, out
+            compared += 1
+    assert compared >= 2, out  # the output of both devices at least (solar only by day)
 
 
 def test_demo_without_influxdb_writes_line_protocol_to_a_file(tmp_path: Path) -> None:
@@ -42,3 +63,6 @@ def test_demo_without_influxdb_writes_line_protocol_to_a_file(tmp_path: Path) ->
     assert "writing a line-protocol file instead" in result.stdout
     assert any(line.startswith("powerstream,") for line in lines)
     assert any(line.startswith("delta_pro,") for line in lines)
+    assert any(line.startswith("ecoflow_energy,") for line in lines)
+    assert "energy collected (the counters in memory; no InfluxDB to report from):" in result.stdout
+    assert_energy_matches_the_simulation(result.stdout)

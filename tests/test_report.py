@@ -305,3 +305,30 @@ def test_calendar_periods_are_dst_safe() -> None:
     assert format_table([row]).splitlines()[1].split() == [
         "n", "X", "2024-10-26", "1.000", "2.000", "3.000", "4.000", "5.000", "100.0"
     ]  # fmt: skip
+
+
+def test_a_device_starting_inside_a_bucket_counts_from_its_zero_point(
+    influx_server: InfluxServer, influx_db: str
+) -> None:
+    # the collector writes all counters at 0 where a device's counters start; the next values may
+    # fall into the same 15-minute bucket: the energy counts from the zero, not from that bucket
+    fields = "pv_input_wh={},input_wh={},output_wh=0,battery_charge_wh={},battery_discharge_wh=0,covered_s={}"
+    influx_server.write_lines(
+        influx_db,
+        [
+            f"{GARAGE} {fields.format(0, 0, 0, 0)},gap_s=0 {ms('2024-05-02T10:01Z')}",
+            f"{GARAGE} {fields.format(5.5, 5.5, 5.5, 60)},gap_s=0 {ms('2024-05-02T10:02Z')}",
+            f"{GARAGE} {fields.format(12.25, 12.25, 12.25, 120)},gap_s=0 {ms('2024-05-02T10:03Z')}",
+        ],
+        precision="ms",
+    )
+    with InfluxQL(influx_server.url) as client:
+        (row,) = energy_report(
+            client,
+            bucket=influx_db,
+            start=datetime(2024, 5, 2, tzinfo=UTC),
+            end=datetime(2024, 5, 3, tzinfo=UTC),
+            tz=ZoneInfo("UTC"),
+            now=datetime(2024, 5, 2, 12, tzinfo=UTC),
+        )
+    assert (row.pv_input_kwh, row.battery_charge_kwh, row.output_kwh) == (0.01225, 0.01225, 0.0)

@@ -15,16 +15,20 @@ import threading
 import urllib.parse
 import urllib.request
 from contextlib import ExitStack
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from collector.api.client import EcoflowClient
 from collector.catalog import default_catalog
-from collector.cli import UsageError
-from collector.config import settings_from_values
-from collector.daemon import Collector
+from collector.cli import UsageError, table
+from collector.config import Settings, settings_from_values
+from collector.daemon import Collector, wall_clock_ms
+from collector.history.energy import COUNTERS
+from collector.history.report import format_table, report_from_settings
 from collector.simulator.clock import ScaledClock, wall_clock
+from collector.simulator.devices import SimDevice
 from collector.simulator.server import LocalCloud
 from collector.sink import Sink
 from collector.sink.influx import InfluxWriter
@@ -130,7 +134,13 @@ def run(args: argparse.Namespace) -> int:
             sink = LineFileSink(line_file)
             where = f"the line-protocol file {line_file}"
         client = stack.enter_context(EcoflowClient.from_settings(settings.ecoflow))
-        collector = Collector(settings, default_catalog(), client, sink, client_id="ecoflow-collector-demo")
+        # sped up, the collector keeps the simulated time too: its energy counters integrate over it
+        clock_ms = wall_clock_ms if args.speed == 1.0 else lambda: int(clock() * 1000)
+        collector = Collector(
+            settings, default_catalog(), client, sink, client_id="ecoflow-collector-demo", clock_ms=clock_ms
+        )
+        started_s = clock()
+        simulated_at_start = {device.sn: device.energy_totals() for device in cloud.devices}
         collector.start()
         print(f"local EcoFlow cloud: {cloud.url} with {len(cloud.devices)} simulated devices:")
         for device in cloud.devices:
@@ -158,4 +168,56 @@ def run(args: argparse.Namespace) -> int:
                     f"  {row['tags'].get('name')}: SoC {row['soc']} %, in {row['input_w']} W, "
                     f"out {row['output_w']} W"
                 )
+        collected = _collected_wh(settings, collector, started_s, clock(), stored=url is not None)
+        _print_energy_check(cloud.devices, collector, simulated_at_start, collected)
     return 0
+
+
+def _collected_wh(
+    settings: Settings, collector: Collector, start_s: float, end_s: float, *, stored: bool
+) -> dict[str, dict[str, float]]:
+    """Wh per device and flow: from InfluxDB through `report` (printed), else the counters in memory."""
+    if not stored:
+        print("energy collected (the counters in memory; no InfluxDB to report from):")
+        return collector.energy.snapshot()
+    rows = report_from_settings(
+        settings,
+        start=datetime.fromtimestamp(start_s, UTC),
+        end=datetime.fromtimestamp(end_s, UTC),
+        now=datetime.fromtimestamp(end_s, UTC),
+    )
+    print("energy report (the same as `ecoflow-collector report --by day`):")
+    print(format_table(rows))
+    totals: dict[str, dict[str, float]] = {}
+    for row in rows:
+        device = totals.setdefault(row.sn, dict.fromkeys(COUNTERS, 0.0))
+        for name in COUNTERS:
+            device[name] += getattr(row, name.removesuffix("_wh") + "_kwh") * 1000.0
+    return totals
+
+
+def _print_energy_check(
+    devices: list[SimDevice],
+    collector: Collector,
+    at_start: dict[str, dict[str, float]],
+    collected: dict[str, dict[str, float]],
+) -> None:
+    """Collected energy beside what the simulated devices' reported powers carried over the same
+    span (from the collector's first data to the last it integrated)."""
+    rows = []
+    for device in devices:
+        span = collector.energy.span(device.sn)
+        if span is None or device.sn not in collected:
+            continue
+        try:
+            begin = device.energy_totals(at=span[0] / 1000)
+        except ValueError:  # a long run: the meter keeps only its last steps
+            begin = at_start[device.sn]
+        at_end = device.energy_totals(at=span[1] / 1000)
+        for name in COUNTERS:
+            truth = at_end[name] - begin[name]
+            got = collected[device.sn][name]
+            diff = f"{100 * (got - truth) / truth:+.1f} %" if truth >= 0.05 else "-"
+            rows.append([device.device_name, name.removesuffix("_wh"), f"{got:.3f}", f"{truth:.3f}", diff])
+    print("energy check against the simulated devices (Wh):")
+    print(table(["device", "flow", "collected", "simulated", "difference"], rows))

@@ -101,6 +101,7 @@ class DeviceEnergy:
     powers: Powers = _UNKNOWN  # what holds from last_ms on; None: not known, not integrated
     dirty: bool = False  # accounted time moved since the last write
     started_ms: int | None = None  # first seen in this run with no counters before: write a zero point
+    run_since_ms: int | None = None  # the first data of this run (not persisted)
 
     def advance(self, now_ms: int, max_gap_ms: int) -> str | None:
         """Account for [last_ms, now_ms]; returns what happened when it was not integrated."""
@@ -202,6 +203,8 @@ class EnergyCounters:
                 energy = self._devices[device.sn] = DeviceEnergy(device.sn, device.name, device.slug)
                 energy.started_ms = now_ms
             energy.name, energy.product = device.name, device.slug
+            if energy.run_since_ms is None:
+                energy.run_since_ms = now_ms
             self._account(energy, now_ms)
             energy.powers = self._valid_powers(device, summary) if live else _UNKNOWN
             energy.dirty = True
@@ -269,11 +272,13 @@ class EnergyCounters:
                 out.append(Point(ENERGY_MEASUREMENT, tags, energy.fields(), energy.last_ms))
         return out
 
-    def integrated_until(self, sn: str) -> int | None:
-        """The time (ms) up to which a device's counters are integrated (its last data)."""
+    def span(self, sn: str) -> tuple[int, int] | None:
+        """(first data of this run, last data) of a device in ms: what this run integrated."""
         with self._lock:
             energy = self._devices.get(sn)
-            return None if energy is None else energy.last_ms
+            if energy is None or energy.run_since_ms is None or energy.last_ms is None:
+                return None
+            return energy.run_since_ms, energy.last_ms
 
     def snapshot(self) -> dict[str, dict[str, float]]:
         """sn -> current counter fields (for tests, reports of a running demo, the health page)."""

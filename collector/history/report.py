@@ -282,6 +282,20 @@ def _baseline(
     return out
 
 
+def _first_values(
+    client: InfluxQL, bucket: str, start_ms: int, end_ms: int, sns: Sequence[str]
+) -> dict[str, list[float | None]]:
+    """Each device's first counter values (in _COLUMNS order) in the raw counters of a range."""
+    firsts = ", ".join(f"first({quote_ident(name)}) AS {quote_ident(name)}" for name in _COLUMNS)
+    query = (
+        f"SELECT {firsts} FROM {quote_ident(ENERGY_MEASUREMENT)} "
+        f'WHERE time >= {start_ms}ms AND time < {end_ms}ms{_sn_filter(sns)} GROUP BY "sn"'
+    )
+    devices: dict[str, _Device] = {}
+    _collect(client, bucket, query, devices)
+    return {sn: list(device.rows()[0][1:]) for sn, device in devices.items()}
+
+
 def energy_report(
     client: InfluxQL,
     *,
@@ -330,6 +344,11 @@ def energy_report(
     else:
         _collect(client, bucket, _raw_query(start_ms, fetch_end, sns), devices)
         baselines = _baseline(client, bucket, ENERGY_MEASUREMENT, start_ms, sns)
+    # a device with no value before the range starts inside it: its first raw value (the zero point
+    # written where its counters start) is the baseline, not the first bucket's last value
+    starting = [sn for sn in devices if sn not in baselines]
+    if starting:
+        baselines.update(_first_values(client, bucket, start_ms, fetch_end, starting))
 
     out: list[ReportRow] = []
     named = sorted((device.name(), sn, device) for sn, device in devices.items())
