@@ -44,8 +44,9 @@ from typing import Any, Final, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from collector.config import Settings
+from collector.history.energy import COUNTERS, ENERGY_MEASUREMENT
 from collector.history.influxql import InfluxQL, quote_ident, quote_literal
-from collector.history.rollup import ENERGY_MEASUREMENT, HOUR_MS, ROLLUP_SUFFIX, to_ms
+from collector.history.rollup import HOUR_MS, ROLLUP_SUFFIX, to_ms
 
 __all__ = [
     "COUNTERS",
@@ -67,7 +68,6 @@ Period = Literal["day", "week", "month", "year"]
 Source = Literal["auto", "raw", "rollup"]
 PERIODS: Final[tuple[str, ...]] = get_args(Period)
 
-COUNTERS: Final = ("pv_input_wh", "input_wh", "output_wh", "battery_charge_wh", "battery_discharge_wh")
 COVERED: Final = "covered_s"
 RAW_MAX_DAYS: Final = 31
 BASELINE_LOOKBACK: Final = timedelta(days=31)

@@ -26,7 +26,6 @@ it has begun (late points, e.g. replayed from the writer's spool, are then inclu
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,11 +36,12 @@ from typing import Any, Final
 import structlog
 
 from collector.config import Settings
+from collector.history.energy import ENERGY_MEASUREMENT
 from collector.history.influxql import InfluxQL, InfluxQLError, quote_ident
 from collector.points import COLLECTOR_MEASUREMENT, Point
+from collector.statedir import write_atomic
 
 __all__ = [
-    "ENERGY_MEASUREMENT",
     "HOUR_MS",
     "ROLLUP_SUFFIX",
     "RollupJob",
@@ -54,7 +54,6 @@ __all__ = [
 log = structlog.get_logger("collector.history")
 
 ROLLUP_SUFFIX: Final = "_1h"
-ENERGY_MEASUREMENT: Final = "ecoflow_energy"
 HOUR_MS: Final = 3_600_000
 WATERMARK_FILE: Final = "history_rollup.json"
 _AGGREGATES: Final = ("mean", "min", "max")
@@ -220,18 +219,7 @@ class Watermark:
 
     def save(self, until_ms: int) -> None:
         data = {"version": 1, "until": iso_ms(until_ms), "until_ms": until_ms}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with tmp.open("w", encoding="utf-8") as handle:
-            handle.write(json.dumps(data) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
-        folder = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+        write_atomic(self.path, (json.dumps(data) + "\n").encode())
 
 
 class RollupJob:
