@@ -100,7 +100,10 @@ class CollectorSection(BaseModel):
     summary_interval_s: float = Field(900.0, ge=10, le=86_400)  # the one-line `collector.summary` at info
     healthz_port: int | None = Field(None, ge=0, le=65535)
     healthz_host: str = "127.0.0.1"  # 0.0.0.0 to let other machines (or a container runtime) probe it
-    shard: str | None = Field(None, pattern=r"^\d+/\d+$")
+    # "i/N": this instance takes the i-th of N shares of the devices; "auto": i from the pod's
+    # ordinal (POD_NAME or HOSTNAME ending in -<ordinal>, as a StatefulSet names them) and N from
+    # ECOFLOW_COLLECTOR_SHARD_COUNT (see deploy/kubernetes/)
+    shard: str | None = Field(None, pattern=r"^(\d+/\d+|auto)$")
 
     @model_validator(mode="after")
     def _stale_before_offline(self) -> CollectorSection:

@@ -542,7 +542,8 @@ class Collector:
                 id="rollups",
             )
         scheduler.start()
-        log.info("collector.started", devices=len(self.registry), client_id=self.mqtt.client_id)
+        shard = f"{self._shard[0] + 1}/{self._shard[1]}" if self._shard else None
+        log.info("collector.started", devices=len(self.registry), client_id=self.mqtt.client_id, shard=shard)
 
     def stop(self, timeout: float = 8.0) -> None:
         """Stop taking data and write (or spool) what was accepted, within `timeout` seconds."""

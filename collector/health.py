@@ -1,4 +1,9 @@
-"""`GET /healthz`: 200 while data is flowing and the writer is not stuck, else 503 (JSON body)."""
+"""`GET /healthz`: 200 while data is flowing and the writer is not stuck, else 503 (JSON body).
+
+`GET /livez`: 200 while the process answers at all. A liveness probe belongs there: /healthz fails
+while EcoFlow's cloud or InfluxDB is down, which a restart cannot fix (and every restart costs an
+MQTT login, of which EcoFlow allows about 10 client ids a day).
+"""
 
 from __future__ import annotations
 
@@ -18,10 +23,15 @@ class HealthServer:
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                if self.path.split("?")[0] != "/healthz":
+                path = self.path.split("?")[0]
+                detail: dict[str, Any]
+                if path == "/livez":
+                    healthy, detail = True, {}
+                elif path == "/healthz":
+                    healthy, detail = outer._check()
+                else:
                     self.send_error(404)
                     return
-                healthy, detail = outer._check()
                 body = json.dumps({"healthy": healthy, **detail}).encode()
                 self.send_response(200 if healthy else 503)
                 self.send_header("Content-Type", "application/json")

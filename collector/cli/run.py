@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import signal
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -44,9 +46,38 @@ def register(commands: Any) -> None:
     check_parser.set_defaults(handler=check)
 
 
-def parse_shard(text: str | None) -> tuple[int, int] | None:
+SHARD_COUNT_VARIABLE = "ECOFLOW_COLLECTOR_SHARD_COUNT"
+_ORDINAL = re.compile(r"-(\d+)$")
+
+
+def parse_shard(text: str | None, environ: Mapping[str, str] = os.environ) -> tuple[int, int] | None:
+    """`[collector] shard` as (index from 0, count); "auto" reads a StatefulSet pod's ordinal from
+    its name (`POD_NAME`, else `HOSTNAME`: `ecoflow-collector-2` is the third of N) and N from
+    `ECOFLOW_COLLECTOR_SHARD_COUNT`, so a replica that is removed and added again (same name, same
+    volume) takes back exactly its share."""
     if text is None:
         return None
+    if text == "auto":
+        name = environ.get("POD_NAME") or environ.get("HOSTNAME") or ""
+        ordinal = _ORDINAL.search(name)
+        if ordinal is None:
+            raise UsageError(
+                f'[collector] shard = "auto": the pod name {name!r} (POD_NAME or HOSTNAME) does not end in '
+                "-<ordinal>, as a StatefulSet's pods do"
+            )
+        count_text = environ.get(SHARD_COUNT_VARIABLE, "")
+        if not count_text.isdigit() or int(count_text) < 1:
+            raise UsageError(
+                f'[collector] shard = "auto" needs {SHARD_COUNT_VARIABLE} (the number of replicas), '
+                f"a whole number of at least 1; it is {count_text or 'not set'}"
+            )
+        index, count = int(ordinal.group(1)), int(count_text)
+        if index >= count:
+            raise UsageError(
+                f"pod {name} has ordinal {index} but {SHARD_COUNT_VARIABLE} is {count}: "
+                "set it to the StatefulSet's replicas"
+            )
+        return index, count
     index, count = (int(part) for part in text.split("/"))
     if not 1 <= index <= count:
         raise UsageError(f"[collector] shard {text!r}: the first number must be 1..{count}")
