@@ -524,18 +524,19 @@ class MqttSource:
             self._recheck_credentials()
 
     def _recheck_credentials(self) -> None:
-        """While disconnected, ask the certification endpoint again (at once, then with a capped
-        backoff): when it names another broker (EcoFlow moved the account), connect there
-        rather than retrying the old one. Off paho's thread; ends once connected again."""
+        """While disconnected, ask the certification endpoint again (after ``credentials_recheck_s``,
+        then with a doubling backoff capped at ``reconnect_max_s``): when it names another broker
+        (EcoFlow moved the account), connect there rather than retrying the old one. A blip that
+        paho's own reconnect heals first costs no request. Off paho's thread; ends once connected."""
         if self._rechecking.is_set() or self._stopping.is_set():
             return
         self._rechecking.set()
 
         def recheck() -> None:
-            delay, failures = 0.0, 0
+            delay, failures = self._recheck_initial_s, 0
             try:
                 while not self._stopping.wait(delay) and not self.connected:
-                    delay = min(max(delay * 2, self._recheck_initial_s), max(self._reconnect_max, 1.0))
+                    delay = min(delay * 2, max(self._reconnect_max, self._recheck_initial_s))
                     try:
                         fresh = self._credentials_provider()
                     except Exception as exc:  # the provider's HTTP errors
@@ -544,7 +545,13 @@ class MqttSource:
                             log.warning("mqtt.credentials_recheck_failed", error=str(exc))
                         continue
                     with self._lock:
+                        current = self._credentials
                         old = self._use(fresh)
+                    if current is not None and (current.username, current.password) != (
+                        fresh.username,
+                        fresh.password,
+                    ):
+                        log.info("mqtt.credentials_refreshed", username=fresh.username)
                     if old is not None:
                         self._dispose(old)
                         return
