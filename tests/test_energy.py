@@ -225,7 +225,7 @@ def test_corrupt_file_and_influxdb_down_start_from_zero(tmp_path: Path) -> None:
 
 
 def test_restore_rows_take_the_most_advanced_series_of_a_serial() -> None:
-    rows = [
+    rows: list[dict[str, Any]] = [
         {"sn": "A", "name": "old", "covered_s": 10.0, "gap_s": 0.0, "pv_input_wh": 1.0},
         {"sn": "A", "name": "new", "covered_s": 50.0, "gap_s": 5.0, "pv_input_wh": 4.0},
         {"sn": "B", "name": "b", "covered_s": 1.0, "gap_s": 0.0},
@@ -283,6 +283,9 @@ def _report(collector: Collector, **values: int) -> None:
     collector.handle_message(DP.sn, TopicKind.QUOTA, json.dumps(payload).encode())
 
 
+SOLAR_360W = {"ems.f32LcdShowSoc": 50, "pd.wattsInSum": 360, "pd.wattsOutSum": 0, "mppt.inWatts": 3600}
+
+
 def _energy_lines(path: Path) -> list[str]:
     return [line for line in path.read_text().splitlines() if line.startswith("ecoflow_energy,")]
 
@@ -290,10 +293,7 @@ def _energy_lines(path: Path) -> list[str]:
 def test_daemon_integrates_mqtt_reports_by_receive_time(tmp_path: Path) -> None:
     collector, lines = _collector(tmp_path)
     with freeze_time("2026-06-01 10:00:00") as clock:
-        _report(
-            collector,
-            **{"ems.f32LcdShowSoc": 50, "pd.wattsInSum": 360, "pd.wattsOutSum": 0, "mppt.inWatts": 3600},
-        )
+        _report(collector, **SOLAR_360W)
         clock.tick(60)
         _report(collector, **{"pd.wattsOutSum": 180})  # incremental: only what changed
         clock.tick(60)
@@ -319,10 +319,7 @@ def test_daemon_integrates_mqtt_reports_by_receive_time(tmp_path: Path) -> None:
 def test_daemon_status_offline_stops_the_integration(tmp_path: Path) -> None:
     collector, _ = _collector(tmp_path)
     with freeze_time("2026-06-01 10:00:00") as clock:
-        _report(
-            collector,
-            **{"ems.f32LcdShowSoc": 50, "pd.wattsInSum": 360, "pd.wattsOutSum": 0, "mppt.inWatts": 3600},
-        )
+        _report(collector, **SOLAR_360W)
         clock.tick(30)
         status = {"id": "1", "version": "1.0", "timestamp": 0, "params": {"status": 0}}
         collector.handle_message(DP.sn, TopicKind.STATUS, json.dumps(status).encode())

@@ -14,18 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from collector.api.client import EcoflowClient, RequestBudget
 from collector.catalog import default_catalog
-from collector.config import settings_from_values
-from collector.daemon import Collector
 from collector.decoding import decode_object
 from collector.history.energy import COUNTERS
 from collector.normalize import normalize_values, summarize
 from collector.simulator.clock import ManualClock
 from collector.simulator.devices import PowerStream
 from collector.simulator.server import LocalCloud
-from collector.sink.influx import InfluxWriter
 from collector.testbed import InfluxServer, MosquittoServer
+from tests.test_daemon import make_settings, running
 
 DAY_START = datetime(2026, 6, 1, tzinfo=UTC).timestamp()
 STEP_S = 30.0
@@ -75,27 +72,9 @@ def test_a_simulated_day_comes_back_out_of_the_counters(
     with LocalCloud(
         "powerstream=1,delta_pro=1", mosquitto=mosquitto_server, clock=clock, publish_rate=None
     ) as cloud:
-        data = cloud.collector_settings()
-        data["influxdb"] = {
-            "url": influx_server.url,
-            "bucket": influx_db,
-            "token": "t",
-            "flush_interval_s": 0.2,
-        }
-        data["collector"] = {"state_dir": str(tmp_path / "state")}
-        settings = settings_from_values(data)
-        client = EcoflowClient.from_settings(settings.ecoflow, budget=RequestBudget())
-        collector = Collector(
-            settings,
-            default_catalog(),
-            client,
-            InfluxWriter.from_settings(settings),
-            client_id=f"physics-{time.time_ns()}",
-            clock_ms=lambda: int(clock() * 1000),
-        )
+        settings = make_settings(cloud, influx_server, influx_db, tmp_path / "state")
         start = {device.sn: device.energy_totals() for device in cloud.devices}
-        collector.start()
-        try:
+        with running(settings, clock_ms=lambda: int(clock() * 1000)) as collector:
             _wait(lambda: collector.mqtt.connected and collector.polls["startup"] == 2, "MQTT and seeding")
             publisher = cloud.publisher
             assert publisher is not None
@@ -116,9 +95,6 @@ def test_a_simulated_day_comes_back_out_of_the_counters(
                     # this report before time moves on
                     _wait(lambda n=sent: collector.mqtt.messages["quota"] >= n, "a report to arrive")
             end = {device.sn: device.energy_totals() for device in cloud.devices}
-        finally:
-            collector.stop(timeout=5)
-            client.close()
     counters = collector.energy.snapshot()
     for device in cloud.devices:
         truth = {name: end[device.sn][name] - start[device.sn][name] for name in COUNTERS}
