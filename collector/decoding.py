@@ -2,11 +2,13 @@
 
 The key space is the one of HTTP `quota/all` (`20_1.pv1InputVolt`, `mppt.inVol`, ...):
 
-- PowerStream MQTT `{"cmdId":1,"cmdFunc":20,"param"|"params":{...}}`: keys get `{cmdFunc}_{cmdId}.`
-  unless they already carry such a prefix;
+- PowerStream MQTT `{"cmdId":1,"cmdFunc":20,"param"|"params":{...}}` (whichever is not empty): keys get
+  `{cmdFunc}_{cmdId}.` unless they already carry such a prefix, or unless the product's quota/all keys
+  have none (`cmd_prefix=False`: the DELTA Pro 3 sends this envelope around its flat keys);
 - Delta Pro MQTT `{"id":..,"version":"1.0","timestamp":..,"params":{...}}`;
 - DELTA 2 family MQTT `{"moduleType":1,"typeCode":"pdStatus","params":{...}}`: bare keys get the
-  `quota/all` prefix of their typeCode (`pdStatus` -> `pd.`, `bmsStatus` -> `bms_bmsStatus.`, ...);
+  `quota/all` prefix of their typeCode (`pdStatus` -> `pd.`, `bmsStatus` -> `bms_bmsStatus.`,
+  `bmsSlaveStatus_1` -> `bms_slave_bmsSlaveStatus_1.`, ...);
 - HTTP envelopes `{"code":"0","message":..,"data":{...}}` (data may be missing) and bare data objects;
 - `/status` messages `{"params":{"status":0|1}}` and `/set_reply` `{"data":{"ack":0},"id":..}`.
 
@@ -61,6 +63,10 @@ TYPE_CODE_PREFIXES = {
     "emsStatus": "bms_emsStatus",
     "kitInfo": "bms_kitInfo",
     "bmsInfo": "bms_bmsInfo",
+    # extra batteries (moduleType 4, BMS_SLAVE): quota/all answers of a DELTA 2 Max with an extra
+    # battery carry `bms_slave_bmsSlaveStatus_1.soc` (public integrations' readings of real answers)
+    "bmsSlaveStatus_1": "bms_slave_bmsSlaveStatus_1",
+    "bmsSlaveStatus_2": "bms_slave_bmsSlaveStatus_2",
 }
 
 
@@ -174,14 +180,19 @@ def _check_keys(values: dict[str, Scalar]) -> dict[str, Scalar]:
     return values
 
 
-def _cmd_report(obj: dict[str, Any]) -> Decoded:
-    body = obj.get("params", obj.get("param"))
+def _cmd_report(obj: dict[str, Any], cmd_prefix: bool) -> Decoded:
+    body = obj.get("params")
+    if not body:  # missing or empty: the body is in `param` (DELTA Pro 3 sends both, `params` empty)
+        body = obj.get("param", body)
     if not isinstance(body, dict):
         raise PayloadError("cmdFunc/cmdId report without a 'param' or 'params' object")
     prefix = f"{obj['cmdFunc']}_{obj['cmdId']}."
     if not _CMD_PREFIX.match(prefix):
         raise PayloadError(f"cmdFunc/cmdId must be integers, got {obj['cmdFunc']!r}/{obj['cmdId']!r}")
     values: dict[str, Scalar] = {}
+    if not cmd_prefix:  # the product's quota/all keys are flat (DELTA Pro 3)
+        _flatten_object(body, "", values, 1)
+        return Decoded(TopicKind.QUOTA, _check_keys(values))
     prefixed = [key for key in body if key[:1] in _DIGITS and _CMD_PREFIX.match(key)]
     if prefixed:  # keys that carry their own prefix (20_134.task1) keep it
         own = {key: body[key] for key in prefixed}
@@ -201,15 +212,19 @@ def _status(params: dict[str, Any]) -> Decoded:
     return Decoded(TopicKind.STATUS, {"status": int(status)}, online=int(status))
 
 
-def decode_object(obj: Any, topic_kind: TopicKind | None = None) -> Decoded:
-    """Map one parsed payload to its kind and flat values (device units)."""
+def decode_object(obj: Any, topic_kind: TopicKind | None = None, cmd_prefix: bool = True) -> Decoded:
+    """Map one parsed payload to its kind and flat values (device units).
+
+    `cmd_prefix`: whether the keys of a cmdFunc/cmdId report get `{cmdFunc}_{cmdId}.`, as the
+    product's quota/all keys do (`Product.cmd_prefix`; PowerStream, Smart Plug) or not (DELTA Pro 3).
+    """
     if not isinstance(obj, dict):
         raise PayloadError(f"expected a JSON object, got {type(obj).__name__}")
     if topic_kind is TopicKind.SET_REPLY:
         data = obj.get("data")
         return Decoded(TopicKind.SET_REPLY, _check_keys(flatten(data)) if isinstance(data, dict) else {})
     if "cmdFunc" in obj and "cmdId" in obj:
-        return _cmd_report(obj)
+        return _cmd_report(obj, cmd_prefix)
     if "code" in obj and ("message" in obj or "data" in obj):
         code = str(obj["code"])
         if code != "0":
@@ -219,7 +234,7 @@ def decode_object(obj: Any, topic_kind: TopicKind | None = None) -> Decoded:
             return Decoded(TopicKind.QUOTA, {})
         if not isinstance(data, dict):
             raise PayloadError(f"envelope 'data' must be an object, got {type(data).__name__}")
-        return decode_object(data, topic_kind)
+        return decode_object(data, topic_kind, cmd_prefix)
     params = obj.get("params")
     if isinstance(params, dict) and ("version" in obj or "id" in obj or len(obj) == 1):
         if topic_kind is TopicKind.STATUS or (topic_kind is None and set(params) == {"status"}):
@@ -240,6 +255,8 @@ def decode_object(obj: Any, topic_kind: TopicKind | None = None) -> Decoded:
     return Decoded(TopicKind.QUOTA, values)
 
 
-def decode_bytes(data: bytes | str, topic_kind: TopicKind | str | None = None) -> Decoded:
+def decode_bytes(
+    data: bytes | str, topic_kind: TopicKind | str | None = None, cmd_prefix: bool = True
+) -> Decoded:
     kind = TopicKind(topic_kind) if topic_kind is not None else None
-    return decode_object(parse_json(data), kind)
+    return decode_object(parse_json(data), kind, cmd_prefix)

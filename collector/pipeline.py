@@ -50,5 +50,6 @@ class Pipeline:
         memory: FieldMemory | None = None,
     ) -> tuple[Decoded, list[Point]]:
         """Decode a raw payload and build its points; PayloadError on bad input."""
-        decoded = decode_bytes(payload, topic_kind)
+        product = device.product
+        decoded = decode_bytes(payload, topic_kind, product.cmd_prefix if product is not None else True)
         return decoded, self.points(device, decoded, time_ms, memory)

@@ -114,7 +114,14 @@ CAPTURE_FILES: dict[str, tuple[str, ...]] = {
         "delta2max_unidentified-go-test_3.json",
         "delta2max_unidentified-go-test_4.json",
     ),
-    "delta_pro_3": ("deltapro3_rustyy-fixture_1.json", "deltapro3_taraskhust-dump_1.json"),
+    "delta_pro_3": (
+        "deltapro3_rustyy-fixture_1.json",
+        "deltapro3_taraskhust-dump_1.json",
+        # MQTT {"cmdId":2,"cmdFunc":2,"addr":..,"params":{flat keys}}: no `2_2.` prefix for this product
+        "deltapro3_unidentified-go-test_1.json",
+        # {"cmdId":21,"cmdFunc":254,"param":{..},"params":{}}: the non-empty `param` is the body
+        "deltapro3_unidentified-go-test_2.json",
+    ),
     "smart_plug": (
         "smartplug_colombod-recording_1.json",
         "smartplug_colombod-recording_2.json",
@@ -140,19 +147,6 @@ CAPTURE_FILES: dict[str, tuple[str, ...]] = {
     ),
 }
 
-# Real payloads whose shape collector/decoding.py does not map into the product's quota/all key space
-# yet (reported, not fixed here: decoding.py is shared). The tests below fail loudly once it does.
-UNHANDLED_CAPTURES: dict[str, tuple[tuple[str, str], ...]] = {
-    # {"cmdId":2,"cmdFunc":2,"addr":..,"params":{flat keys}}: decoded with the PowerStream's `2_2.` prefix
-    # although the DELTA Pro 3's quota/all keys are flat
-    "delta_pro_3": (
-        ("deltapro3_unidentified-go-test_1.json", "2_2.inLvMpptVol"),
-        # {"cmdId":21,"cmdFunc":254,"param":{..},"params":{}}: the empty `params` wins over `param`
-        ("deltapro3_unidentified-go-test_2.json", ""),
-    ),
-}
-
-
 # --- helpers -----------------------------------------------------------------------------------------
 
 
@@ -169,7 +163,13 @@ CAPTURE_CASES = [(slug, name) for slug, names in sorted(CAPTURE_FILES.items()) f
 
 
 def _decoded_fixture(slug: str, name: str) -> dict[str, Any]:
-    return dict(decode_bytes((FIXTURES / slug / name).read_bytes()).values)
+    path = FIXTURES / slug / name
+    return dict(decode_bytes(path.read_bytes(), cmd_prefix=CATALOG.products[slug].cmd_prefix).values)
+
+
+def _decoded_capture(slug: str, name: str) -> dict[str, Any]:
+    """A capture decoded into the product's key space, as the pipeline decodes it."""
+    return dict(decode_object(_capture_object(name), cmd_prefix=CATALOG.products[slug].cmd_prefix).values)
 
 
 def _capture_object(name: str) -> Any:
@@ -308,7 +308,7 @@ def test_serial_prefixes_and_aliases_are_unique() -> None:
 
 @pytest.mark.parametrize(("slug", "name"), CAPTURE_CASES)
 def test_every_capture_key_resolves(slug: str, name: str) -> None:
-    values = decode_object(_capture_object(name)).values
+    values = _decoded_capture(slug, name)
     assert values, f"{name} decoded to nothing"
     product = CATALOG.products[slug]
     assert sorted(key for key in values if product.lookup(key) is None) == []
@@ -317,7 +317,7 @@ def test_every_capture_key_resolves(slug: str, name: str) -> None:
 @pytest.mark.parametrize(("slug", "name"), CAPTURE_CASES)
 def test_capture_values_lie_in_their_ranges(slug: str, name: str) -> None:
     product = CATALOG.products[slug]
-    out = _normalized(product, dict(decode_object(_capture_object(name)).values))
+    out = _normalized(product, _decoded_capture(slug, name))
     outside = [
         f"{key}: {value} not in {spec.range}"
         for key, value in out.items()
@@ -343,15 +343,25 @@ def test_decode_of_a_capture_gives_balanced_si_values(
     assert failures == []
 
 
-@pytest.mark.parametrize(
-    ("slug", "name", "shows"),
-    [(slug, name, shows) for slug, cases in UNHANDLED_CAPTURES.items() for name, shows in cases],
-)
-def test_unhandled_capture_shapes_are_still_unhandled(slug: str, name: str, shows: str) -> None:
-    values = decode_object(_capture_object(name)).values
-    product = CATALOG.products[slug]
-    assert all(product.lookup(key) is None for key in values)  # none resolves today
-    assert (shows in values) if shows else values == {}
+def test_cmd_envelope_keeps_the_key_space_of_the_product() -> None:
+    flat = _decoded_capture("delta_pro_3", "deltapro3_unidentified-go-test_1.json")
+    assert flat == {
+        "fanState": 0,
+        "mpptHvTemp": 25.0,
+        "mpptLvTemp": 25.0,
+        "pcsAcTemp": 26.0,
+        "pcsDcTemp": 25.0,
+        "pdTemp": 24,
+        "inLvMpptVol": 33.306152,
+        "inLvMpptAmp": 1.1429396,
+        "bmsOutputWatts": 84.0,
+    }
+    assert _decoded_capture("delta_pro_3", "deltapro3_unidentified-go-test_2.json") == {
+        "evChgManualCtrl": 0,
+        "plugInInfoAcpRunState": 0,
+    }
+    plug = _decoded_capture("smart_plug", "smartplug_colombod-recording_1.json")  # same envelope, cmdFunc 2
+    assert plug and all(key.startswith("2_1.") for key in plug)
 
 
 # --- pinned conversions ------------------------------------------------------------------------------
@@ -399,6 +409,15 @@ FIXTURE_VALUES: dict[tuple[str, str], dict[str, float]] = {
         "pd.wattsOutSum": 352.0,
         "pd.dsgPowerAC": 121210.0,
         "pd.invUsedTime": 3024600.0,
+    },
+    ("delta_2", "mqtt_bms_slave_status_1.json"): {  # an extra battery (typeCode bmsSlaveStatus_1)
+        "bms_slave_bmsSlaveStatus_1.vol": 51.52,
+        "bms_slave_bmsSlaveStatus_1.amp": -2.33,
+        "bms_slave_bmsSlaveStatus_1.f32ShowSoc": 57.6,
+        "bms_slave_bmsSlaveStatus_1.designCap": 20.0,
+        "bms_slave_bmsSlaveStatus_1.cellVol[2]": 3.221,
+        "bms_slave_bmsSlaveStatus_1.remainTime": 16980.0,
+        "bms_slave_bmsSlaveStatus_1.outputWatts": 120.0,
     },
     ("delta_2", "mqtt_ems_status_discharging.json"): {
         "bms_emsStatus.dsgRemainTime": 10980.0,
@@ -638,7 +657,7 @@ def test_fixture_summaries(slug: str, name: str) -> None:
 
 
 def _capture_values(slug: str, name: str) -> dict[str, float]:
-    return _normalized(CATALOG.products[slug], dict(decode_object(_capture_object(name)).values))
+    return _normalized(CATALOG.products[slug], _decoded_capture(slug, name))
 
 
 def test_delta_2_capture() -> None:

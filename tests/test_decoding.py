@@ -5,7 +5,10 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from collector.catalog import default_catalog
 from collector.decoding import MAX_DEPTH, PayloadError, TopicKind, decode_bytes, decode_object, flatten
+from collector.pipeline import Pipeline
+from collector.points import Device
 
 HEARTBEAT = {"batSoc": 80, "pv1InputVolt": 391, "20_134.task1": {"taskIndex": 0}}
 
@@ -20,6 +23,56 @@ def test_powerstream_newer_params_shape_is_the_same() -> None:
     old = decode_object({"cmdId": 1, "cmdFunc": 20, "param": HEARTBEAT})
     new = decode_object({"cmdId": 1, "cmdFunc": 20, "addr": "iot", "params": HEARTBEAT})
     assert old.values == new.values
+
+
+def test_cmd_envelope_around_flat_keys_keeps_them_flat() -> None:
+    payload = {"cmdId": 2, "cmdFunc": 2, "addr": "x", "params": {"inLvMpptVol": 33.3, "pdTemp": 24}}
+    assert decode_object(payload, cmd_prefix=False).values == {"inLvMpptVol": 33.3, "pdTemp": 24}
+    assert decode_object(payload).values == {"2_2.inLvMpptVol": 33.3, "2_2.pdTemp": 24}
+
+
+@pytest.mark.parametrize("cmd_prefix", [True, False])
+def test_empty_params_gives_way_to_param(cmd_prefix: bool) -> None:
+    payload = {"cmdId": 21, "cmdFunc": 254, "param": {"evChgManualCtrl": False, "runState": 3}, "params": {}}
+    prefix = "254_21." if cmd_prefix else ""
+    assert decode_object(payload, cmd_prefix=cmd_prefix).values == {
+        f"{prefix}evChgManualCtrl": 0,
+        f"{prefix}runState": 3,
+    }
+
+
+def test_empty_params_alone_is_an_empty_report() -> None:
+    assert decode_object({"cmdId": 1, "cmdFunc": 2, "params": {}}).values == {}
+
+
+def test_the_pipeline_decodes_into_the_products_key_space() -> None:
+    catalog = default_catalog()
+    assert catalog.products["powerstream"].cmd_prefix and catalog.products["smart_plug"].cmd_prefix
+    assert not catalog.products["delta_pro_3"].cmd_prefix  # no key of its catalog carries `2_2.`
+    payload = b'{"cmdId":2,"cmdFunc":2,"params":{"inLvMpptVol":33.3,"inLvMpptAmp":1.2}}'
+    device = Device.resolve(catalog, "MR51X", product="delta_pro_3")
+    _, points = Pipeline().process(device, payload, TopicKind.QUOTA, 1)
+    assert points[0].fields == {"inLvMpptVol": 33.3, "inLvMpptAmp": 1.2}
+    unknown = Device.resolve(catalog, "ZZ99X", product="no such product")
+    _, points = Pipeline().process(unknown, payload, TopicKind.QUOTA, 1)
+    assert points[0].fields == {"2_2.inLvMpptVol": 33.3, "2_2.inLvMpptAmp": 1.2}
+
+
+@pytest.mark.parametrize("pack", [1, 2])
+def test_extra_battery_reports_get_their_quota_all_prefix(pack: int) -> None:
+    payload = {
+        "moduleType": 4,
+        "typeCode": f"bmsSlaveStatus_{pack}",
+        "params": {"soc": 63, "outputWatts": 36, "cellVol": [3301, 3302]},
+        "version": "1.0",
+    }
+    prefix = f"bms_slave_bmsSlaveStatus_{pack}."
+    assert decode_object(payload).values == {
+        f"{prefix}soc": 63,
+        f"{prefix}outputWatts": 36,
+        f"{prefix}cellVol[0]": 3301,
+        f"{prefix}cellVol[1]": 3302,
+    }
 
 
 def test_delta_pro_mqtt_numbers_as_strings_become_numbers() -> None:

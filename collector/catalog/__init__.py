@@ -40,6 +40,7 @@ __all__ = [
 ]
 
 PRODUCTS_DIR = Path(__file__).with_name("products")
+_CMD_KEY = re.compile(r"\d+_\d+\.")  # `20_1.pv1InputVolt`: a key of a cmdFunc/cmdId report
 
 
 class CatalogError(Exception):
@@ -110,6 +111,7 @@ def _compile(path: Path, data: ProductFile) -> Product:
         patterns=tuple(patterns),
         summary=summary,
         settings=settings,
+        cmd_prefix=any(_CMD_KEY.match(key) for key in [*fields, *(spec.key for _, spec in patterns)]),
     )
 
 

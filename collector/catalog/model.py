@@ -179,6 +179,9 @@ class Product:
     # key -> divisor of resolved fields that only divide (0.1 V, mV, ...; 1 for V, W) and have no
     # sentinels: the normalizer's fast path, one division per value
     divisors: dict[str, float] = field(default_factory=dict, repr=False)
+    # keys of cmdFunc/cmdId MQTT reports carry `{cmdFunc}_{cmdId}.` (PowerStream `20_1.`), as the
+    # catalog's own keys show; the DELTA Pro 3 sends the same envelope around flat quota/all keys
+    cmd_prefix: bool = True
 
     def lookup(self, key: str) -> FieldSpec | None:
         """The spec of a flattened quota key (array elements resolve to their array)."""
