@@ -67,6 +67,9 @@ def _compile_spec(key: str, entry: FieldEntry) -> FieldSpec:
         text=entry.text,
         evidence=entry.evidence,
         health=entry.health,
+        panels=entry.panel,
+        row=entry.row,
+        label=entry.label,
         mul=mul,
         div=div,
     )
@@ -111,6 +114,7 @@ def _compile(path: Path, data: ProductFile) -> Product:
         patterns=tuple(patterns),
         summary=summary,
         settings=settings,
+        dashboard=data.dashboard,
         cmd_prefix=any(_CMD_KEY.match(key) for key in [*fields, *(spec.key for _, spec in patterns)]),
     )
 

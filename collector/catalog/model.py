@@ -48,6 +48,26 @@ SummaryField = Literal[
 HealthMarker = Literal["soh", "cycles", "full_capacity", "design_capacity"]
 TextEncoding = Literal["ascii2"]
 
+# Rows a product dashboard may put panels in without declaring them; a product file may name more (and
+# their order) in `[dashboard] rows`. The generated rows "Errors" and "Energy" hold no field panels.
+ROWS = (
+    "Power",
+    "Solar input",
+    "Battery",
+    "Inverter",
+    "Outputs",
+    "Grid",
+    "Temperatures",
+    "Measurements",
+    "Settings",
+)
+# where a panel goes when neither its fields nor `[dashboard.panels]` name a row
+DEFAULT_ROW = "Measurements"
+DEFAULT_STATE_ROW = "Settings"
+GENERATED_ROWS = ("Errors", "Energy")
+# kinds a panel hint may name: numbers over time (measurement, counter), states (enum, setting)
+PLOTTED_KINDS = frozenset({"measurement", "counter", "enum", "setting"})
+
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -64,6 +84,25 @@ class FieldEntry(BaseModel):
     text: TextEncoding | None = None  # how to show the number as text (e.g. two ASCII letters)
     evidence: str | None = None  # why the unit is what it is, where sources disagree
     health: HealthMarker | None = None  # a state-of-health field of a pack
+    # dashboard hints (optional; see CONTRIBUTING.md): the panel(s) the field is plotted in (by title;
+    # fields naming the same panel share it), the row of those panels, the series name in them
+    panel: tuple[str, ...] = ()
+    row: str | None = None
+    label: str | None = Field(default=None, min_length=1)
+
+    @field_validator("panel", mode="before")
+    @classmethod
+    def _one_or_more_panels(cls, value: object) -> object:
+        return (value,) if isinstance(value, str) else value
+
+    @field_validator("panel")
+    @classmethod
+    def _panel_titles(cls, panels: tuple[str, ...]) -> tuple[str, ...]:
+        if any(not title.strip() for title in panels):
+            raise ValueError("a panel title is empty")
+        if len(set(panels)) != len(panels):
+            raise ValueError(f"panel {panels} names a panel twice")
+        return panels
 
     @field_validator("unit")
     @classmethod
@@ -76,6 +115,21 @@ class FieldEntry(BaseModel):
     def _range_ordered(self) -> FieldEntry:
         if self.range is not None and self.range[0] > self.range[1]:
             raise ValueError(f"range {self.range} is not ordered low, high")
+        if self.row is not None and not self.panel:
+            raise ValueError(f"row {self.row!r} without a panel: name the panel the field goes in")
+        if self.row is not None and len(self.panel) > 1:
+            raise ValueError(
+                f"row {self.row!r} with several panels: give each panel its row in [dashboard.panels]"
+            )
+        if self.panel and self.kind.value not in PLOTTED_KINDS:
+            raise ValueError(
+                f"a {self.kind.value} field takes no panel hint (error codes go to the error table by "
+                "themselves; identifiers and flags are not plotted)"
+            )
+        if self.label and self.kind.value not in PLOTTED_KINDS | {"error_code"}:
+            raise ValueError(f"a {self.kind.value} field is not shown: it takes no label")
+        if self.panel and self.array:
+            raise ValueError("an array field takes no panel hint (its length is only known at run time)")
         return self
 
 
@@ -117,6 +171,33 @@ class SettingEntry(BaseModel):
         return self
 
 
+class PanelEntry(BaseModel):
+    """Options of one panel of the product dashboard, by its title (`[dashboard.panels."PV power"]`)."""
+
+    model_config = _STRICT
+
+    row: str | None = None  # instead of a `row` on its fields
+    description: str | None = Field(default=None, min_length=1)  # default: its fields' descriptions
+    stack: bool = False  # stack the series (parts of one total: output by port)
+    order: int = 0  # lower first within its row; equal: in the order the file names the panels
+
+
+class DashboardEntry(BaseModel):
+    model_config = _STRICT
+
+    rows: tuple[str, ...] = ()  # the rows in this order first, and names beyond ROWS
+    panels: dict[str, PanelEntry] = {}
+
+    @field_validator("rows")
+    @classmethod
+    def _rows_unique(cls, rows: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(rows)) != len(rows):
+            raise ValueError(f"rows {rows} names a row twice")
+        if set(rows) & set(GENERATED_ROWS):
+            raise ValueError(f"rows {', '.join(GENERATED_ROWS)} are generated, not declared")
+        return rows
+
+
 class ProductInfo(BaseModel):
     model_config = _STRICT
 
@@ -133,6 +214,54 @@ class ProductFile(BaseModel):
     summary: dict[SummaryField, tuple[str, ...]] = {}
     groups: tuple[GroupEntry, ...] = Field(min_length=1)
     settings: dict[str, SettingEntry] = {}
+    dashboard: DashboardEntry = DashboardEntry()
+
+    @model_validator(mode="after")
+    def _dashboard_hints(self) -> ProductFile:
+        """Every row a hint names exists, every `[dashboard.panels]` entry is some field's panel, and
+        the fields of one panel agree on its row, show one Grafana unit and one kind of panel."""
+        rows = set(ROWS) | set(self.dashboard.rows)
+        known = ", ".join([*self.dashboard.rows, *(r for r in ROWS if r not in self.dashboard.rows)])
+        members: dict[str, list[tuple[str, FieldEntry]]] = {}
+        for group in self.groups:
+            for suffix, entry in group.fields.items():
+                if entry.row is not None and entry.row not in rows:
+                    raise ValueError(
+                        f"field {suffix}: row {entry.row!r} is not a dashboard row; known: {known} "
+                        "(or declare it in [dashboard] rows)"
+                    )
+                for title in entry.panel:
+                    for prefix in group.prefixes:
+                        members.setdefault(title, []).append(
+                            (f"{prefix}.{suffix}" if prefix else suffix, entry)
+                        )
+        for title, panel in self.dashboard.panels.items():
+            if title not in members:
+                raise ValueError(f"[dashboard.panels] {title!r}: no field names this panel")
+            if panel.row is not None and panel.row not in rows:
+                raise ValueError(
+                    f"[dashboard.panels] {title!r}: row {panel.row!r} is not a dashboard row; known: {known}"
+                )
+        for title, fields in members.items():
+            options = self.dashboard.panels.get(title)
+            named = {e.row for _k, e in fields if e.row is not None}
+            if options is not None and options.row is not None:
+                named.add(options.row)
+            if len(named) > 1:
+                raise ValueError(f"panel {title!r} is put in rows {sorted(named)}: give it one row")
+            units = {DEVICE_UNITS[e.unit].grafana for _k, e in fields}
+            if len(units) > 1:
+                keys = ", ".join(k for k, _e in fields)
+                raise ValueError(
+                    f"panel {title!r} mixes Grafana units {sorted(units)} ({keys}): one unit a panel"
+                )
+            states = {e.kind is Kind.ENUM for _k, e in fields}
+            numbers = {e.kind in (Kind.MEASUREMENT, Kind.COUNTER) for _k, e in fields}
+            if True in states and True in numbers:
+                raise ValueError(
+                    f"panel {title!r} mixes enum fields (a state timeline) with measurements (a graph)"
+                )
+        return self
 
 
 # --- compiled, hot-path objects -------------------------------------------------------------
@@ -151,6 +280,9 @@ class FieldSpec:
     text: TextEncoding | None
     evidence: str | None
     health: HealthMarker | None
+    panels: tuple[str, ...]  # dashboard hints (FieldEntry)
+    row: str | None
+    label: str | None
     # stored = sent * mul / div: dividing by 10 instead of multiplying by 0.1 keeps 691 -> 69.1 exact
     mul: float
     div: float
@@ -175,6 +307,7 @@ class Product:
     patterns: tuple[tuple[re.Pattern[str], FieldSpec], ...]
     summary: dict[str, tuple[tuple[str, float], ...]]  # summary field -> (key, sign) terms
     settings: dict[str, Setting]
+    dashboard: DashboardEntry = field(default_factory=DashboardEntry)  # dashboard hints of the file
     resolved: dict[str, FieldSpec | None] = field(default_factory=dict, repr=False)  # lookup's cache
     # key -> divisor of resolved fields that only divide (0.1 V, mV, ...; 1 for V, W) and have no
     # sentinels: the normalizer's fast path, one division per value
