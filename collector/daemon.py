@@ -413,6 +413,7 @@ class Collector:
                 "mqtt_connected": 1.0 if self.mqtt.connected else 0.0,
                 "mqtt_connects": float(self.mqtt.connects),
                 "mqtt_auth_failures": float(self.mqtt.auth_failures),
+                "mqtt_subscribe_refusals": float(self.mqtt.subscribe_refusals),
                 "polls_pending": float(self.poller.pending()),
                 "devices": float(len(self.registry)),
                 "devices_online": float(self.registry.online_count()),

@@ -232,6 +232,7 @@ def test_hostile_payloads_are_counted_and_the_daemon_goes_on(
             collector.sink.flush(5)  # type: ignore[attr-defined]
         telemetry = influx_server.rows(influx_db, "SELECT * FROM ecoflow_collector", epoch="ms")
         assert telemetry[-1]["messages_rejected"] == len(hostile)
+        assert telemetry[-1]["mqtt_subscribe_refusals"] == 0  # the broker granted both topics
     finally:
         sender.disconnect()
         sender.loop_stop()
