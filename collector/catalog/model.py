@@ -89,6 +89,7 @@ class FieldEntry(BaseModel):
     panel: tuple[str, ...] = ()
     row: str | None = None
     label: str | None = Field(default=None, min_length=1)
+    hide: bool = False  # leave it out of the default panels (a product file without panel hints)
 
     @field_validator("panel", mode="before")
     @classmethod
@@ -128,6 +129,8 @@ class FieldEntry(BaseModel):
             )
         if self.label and self.kind.value not in PLOTTED_KINDS | {"error_code"}:
             raise ValueError(f"a {self.kind.value} field is not shown: it takes no label")
+        if self.hide and self.panel:
+            raise ValueError("hide with a panel: a field is either in a panel or hidden")
         if self.panel and self.array:
             raise ValueError("an array field takes no panel hint (its length is only known at run time)")
         return self
@@ -283,6 +286,8 @@ class FieldSpec:
     panels: tuple[str, ...]  # dashboard hints (FieldEntry)
     row: str | None
     label: str | None
+    hide: bool
+    group: str  # the first prefix of its [[groups]] entry: default panels are per group
     # stored = sent * mul / div: dividing by 10 instead of multiplying by 0.1 keeps 691 -> 69.1 exact
     mul: float
     div: float
