@@ -75,6 +75,14 @@ TRIPLES: dict[str, tuple[Triple, ...]] = {
         Triple("inv.invOutVol", "inv.invOutAmp", "inv.outputWatts", ac=True),
         Triple("inv.acInVol", "inv.acInAmp", "inv.inputWatts", ac=True),
     ),
+    "delta_max": (
+        Triple("mppt.inVol", "mppt.inAmp", "mppt.inWatts"),
+        Triple("mppt.outVol", "mppt.outAmp", "mppt.outWatts"),
+        Triple("mppt.carOutVol", "mppt.carOutAmp", "mppt.carOutWatts"),
+        Triple("mppt.dcdc12vVol", "mppt.dcdc12vAmp", "mppt.dcdc12vWatts"),
+        Triple("inv.invOutVol", "inv.invOutAmp", "inv.outputWatts", ac=True),
+        Triple("inv.acInVol", "inv.acInAmp", "inv.inputWatts", ac=True),
+    ),
     "delta_pro_3": (
         Triple("powGetPvHVol", "powGetPvHAmp", "powGetPvH"),
         Triple("powGetPvLVol", "powGetPvLAmp", "powGetPvL"),
@@ -464,6 +472,37 @@ FIXTURE_VALUES |= {
 }
 
 FIXTURE_VALUES |= {
+    ("delta_max", "quota_all_charging.json"): {
+        "mppt.inVol": 65.2,
+        "mppt.inAmp": 6.18,
+        "mppt.inWatts": 401.2,
+        "mppt.outVol": 53.2,
+        "mppt.outWatts": 389.8,
+        "bmsMaster.vol": 53.9,
+        "bmsMaster.amp": 6.12,
+        "bmsMaster.cellVol[13]": 3.851,
+        "bmsMaster.designCap": 40.0,
+        "bmsMaster.remainTime": 9120.0,
+        "inv.invOutVol": 230.12,
+        "inv.invOutAmp": 0.412,
+        "inv.cfgAcOutVoltage": 230.0,
+        "inv.cfgStandbyMin": 43200.0,
+        "mppt.cfgDcChgCurrent": 8.0,
+        "pd.remainTime": 9120.0,
+        "pd.chgSunPower": 210345.0,
+        "pd.invUsedTime": 4012330.0,
+        "ems.chgVol": 58.8,
+        "ems.chgAmp": 30.0,
+    },
+    ("delta_max", "mqtt_quota_discharging.json"): {
+        "pd.remainTime": -9480.0,
+        "inv.invOutVol": 229.87,
+        "bmsMaster.amp": -12.05,
+        "ems.dsgRemainTime": 9480.0,
+    },
+}
+
+FIXTURE_VALUES |= {
     ("delta_pro_3", "quota_all_charging.json"): {
         "powGetPvH": 612.3,
         "powGetPvHVol": 154.2,
@@ -560,6 +599,8 @@ FIXTURE_SENTINELS: dict[tuple[str, str], tuple[str, ...]] = {
         "pd.minChgSoc",
     ),
     ("delta_2", "mqtt_bms_status_discharging.json"): ("bms_bmsStatus.chgCap",),
+    ("delta_max", "quota_all_charging.json"): ("ems.dsgRemainTime",),
+    ("delta_max", "mqtt_quota_discharging.json"): ("ems.chgRemainTime",),
     ("smart_plug", "quota_all.json"): ("2_1.mqttErrTime", "2_1.wifiErrTime"),
     ("stream", "push_ultra_charging.json"): ("bmsDsgRemTime",),
     ("stream", "push_ac_pro_ems.json"): ("v1p0.chgRemainTime",),
@@ -567,6 +608,21 @@ FIXTURE_SENTINELS: dict[tuple[str, str], tuple[str, ...]] = {
 }
 
 FIXTURE_SUMMARIES: dict[tuple[str, str], dict[str, float]] = {
+    ("delta_max", "quota_all_charging.json"): {
+        "soc_percent": 60.0,
+        "input_w": 401.0,
+        "output_w": 63.0,
+        "pv_input_w": 401.2,
+        "battery_w": 338.0,
+        "battery_soh_percent": 98.0,
+        "battery_cycles": 143.0,
+    },
+    ("delta_max", "mqtt_quota_discharging.json"): {
+        "soc_percent": 56.8,
+        "input_w": 0.0,
+        "output_w": 612.0,
+        "battery_w": -612.0,
+    },
     ("stream", "push_ultra_charging.json"): {
         "soc_percent": 61.0,
         "pv_input_w": 1194.0,

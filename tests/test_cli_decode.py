@@ -17,6 +17,7 @@ CAPTURES = ROOT.parent / "shared" / "captures"
 PRODUCTS = {
     "delta_2",
     "delta_2_max",
+    "delta_max",
     "delta_pro",
     "delta_pro_3",
     "powerstream",
