@@ -24,12 +24,12 @@ from collector.history.report import (
     MissingExtraError,
     Period,
     default_start,
-    energy_report,
     format_csv,
     format_json,
     format_table,
     plot_available,
     plot_report,
+    report_from_settings,
     report_zone,
 )
 from collector.history.rollup import HOUR_MS, iso_ms, roll_up, to_ms
@@ -209,18 +209,7 @@ def run_report(args: argparse.Namespace) -> int:
     if start >= end:
         raise UsageError(f"--from ({start.isoformat()}) must be before --to ({end.isoformat()})")
     try:
-        with InfluxQL.from_settings(settings.influxdb) as client:
-            rows = energy_report(
-                client,
-                bucket=settings.influxdb.bucket,
-                history_bucket=settings.history.bucket,
-                start=start,
-                end=end,
-                by=by,
-                sns=args.sn,
-                tz=tz,
-                now=now,
-            )
+        rows = report_from_settings(settings, start=start, end=end, by=by, sns=args.sn, now=now)
     except InfluxQLError as exc:
         return _fail("report", exc)
     if args.format == "json":
