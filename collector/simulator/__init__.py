@@ -2,8 +2,9 @@
 
 - :mod:`~collector.simulator.cloud`: the signed HTTP Open API (`CloudServer`), checked and
   answered like EcoFlow's, with fault injection;
-- :mod:`~collector.simulator.devices`: PowerStream and Delta Pro physics over an injectable clock,
-  raw quota values in the catalog's key space and device units;
+- :mod:`~collector.simulator.devices`: the simulated products (physics in SI over an injectable
+  clock; :mod:`~collector.simulator.station` for the power stations), sent in the catalog's key
+  space and units through :mod:`~collector.simulator.codec`;
 - :mod:`~collector.simulator.publisher`: the devices' MQTT side (reports, status, `/set` replies);
 - :mod:`~collector.simulator.accounts`, :mod:`~collector.simulator.broker`: keys, MQTT users;
 - :mod:`~collector.simulator.server`: `LocalCloud`, everything wired together.

@@ -6,8 +6,12 @@ Reports go out with QoS 1 in the shapes real devices use:
 
 - PowerStream: `{"cmdId":1,"cmdFunc":20,"param":{bare 20_1 keys}}`, and (a configurable share)
   the newer `{"cmdId":1,"cmdFunc":20,"addr":"iot","params":{..}}`; nothing else is added;
-- Delta Pro: `{"id":..,"version":"1.0","timestamp":ms,"params":{..}}` (numbers, or numbers as
-  strings for a device configured so);
+- Delta Pro, STREAM, Smart Meter: `{"id":..,"version":"1.0","timestamp":ms,"params":{..}}` (numbers,
+  or numbers as strings for a device configured so);
+- Smart Plug: `{"cmdId":1,"cmdFunc":2,"param"|"params":{bare 2_1 keys}}`, as the PowerStream;
+- DELTA Pro 3: `{"cmdId":2,"cmdFunc":2,"addr":..,"version":"1.0","params":{flat keys}}`;
+- DELTA 2 family: one `{"id":..,"version":"1.0","timestamp":ms,"moduleType":N,"typeCode":"pdStatus",
+  "params":{bare keys}}` message per module (`pd.`, `bms_bmsStatus.`, ...) the report touches;
 - `/status`: `{"id":"..","version":"1.0","timestamp":ms,"params":{"status":0|1}}`;
 - `/set_reply` to a `/set`: `{"data":{"ack":0},"id":N}` (PowerStream) or the Delta Pro document's
   `{"id":N,"version":"1.0","operateType":"TCP","code":"0","data":{"cmdSet":..,"id":..,"ack":0}}`;
@@ -217,10 +221,8 @@ class Publisher:
         if full is None:
             full = count % self.full_every == 0
         values = device.full_report() if full else device.incremental_report(self.incremental_keys)
-        self._send(device, "quota", self._report_payload(device, values), tuple(values), wait=wait)
-
-    def _report_payload(self, device: SimDevice, values: dict[str, Any]) -> dict[str, Any]:
-        return report_payload(device, values, self._rng, self.clock, self.new_shape_share)
+        for payload, keys in report_payloads(device, values, self._rng, self.clock, self.new_shape_share):
+            self._send(device, "quota", payload, keys, wait=wait)
 
     def publish_status(self, device: SimDevice) -> None:
         """The `/status` message for the device's current online flag."""
@@ -348,6 +350,37 @@ class Publisher:
         }
 
 
+def report_payloads(
+    device: SimDevice,
+    values: dict[str, Any],
+    rng: random.Random,
+    clock: Clock = wall_clock,
+    new_shape_share: float = 0.3,
+) -> list[tuple[dict[str, Any], tuple[str, ...]]]:
+    """The MQTT messages (payload, catalog keys it carries) a device sends for `values` (catalog key
+    space), in its product's envelope: one, or one per module for the DELTA 2 family. The values
+    are each envelope's last member (load generators rely on that)."""
+    if not device.report_modules:
+        return [(report_payload(device, values, rng, clock, new_shape_share), tuple(values))]
+    modules: dict[str, dict[str, Any]] = {}
+    for key, value in values.items():
+        prefix, _, bare = key.partition(".")
+        modules.setdefault(prefix, {})[bare] = value
+    messages = []
+    for prefix, body in modules.items():
+        type_code, module_type = device.report_modules[prefix]
+        payload = {
+            "id": rng.randrange(100_000_000, 1_000_000_000),
+            "version": "1.0",
+            "timestamp": int(clock() * 1000),
+            "moduleType": module_type,
+            "typeCode": type_code,
+            "params": wire_values(device, body),
+        }
+        messages.append((payload, tuple(f"{prefix}.{key}" for key in body)))
+    return messages
+
+
 def report_payload(
     device: SimDevice,
     values: dict[str, Any],
@@ -355,8 +388,11 @@ def report_payload(
     clock: Clock = wall_clock,
     new_shape_share: float = 0.3,
 ) -> dict[str, Any]:
-    """The MQTT quota report a device sends for `values` (catalog key space), in its product's
-    envelope; the values' keys are the envelope's last member (load generators rely on that)."""
+    """The one MQTT quota report a device sends for `values` (catalog key space) in its product's
+    envelope; not for the DELTA 2 family (:func:`report_payloads`). The values' keys are the
+    envelope's last member (load generators rely on that)."""
+    if device.report_modules:
+        raise ValueError(f"{device.product_slug} reports one message per module: use report_payloads")
     if device.report_cmd is None:
         return {
             "id": rng.randrange(100_000_000, 1_000_000_000),
@@ -365,8 +401,12 @@ def report_payload(
             "params": wire_values(device, values),
         }
     func, cmd = device.report_cmd
-    strip = len(f"{func}_{cmd}.")
-    body = wire_values(device, {key[strip:]: value for key, value in values.items()})
+    if device.report_prefixed:
+        strip = len(f"{func}_{cmd}.")
+        values = {key[strip:]: value for key, value in values.items()}
+    body = wire_values(device, values)
+    if device.report_addr is not None:
+        return {"cmdId": cmd, "cmdFunc": func, "addr": device.report_addr, "version": "1.0", "params": body}
     if rng.random() < new_shape_share:
         return {"cmdId": cmd, "cmdFunc": func, "addr": "iot", "params": body}
     return {"cmdId": cmd, "cmdFunc": func, "param": body}

@@ -88,7 +88,9 @@ class LocalCloud:
                 certificate_account=certificate_account if given else None,
                 certificate_password=certificate_password if given else None,
             )
-            for device in make_devices(specs, clock=clock, rng=self._rng, site=self.site, taken=self._taken):
+            for device in make_devices(
+                specs, clock=clock, rng=self._rng, site=self.site, taken=self._taken, catalog=self.catalog
+            ):
                 account.add_device(device)
             self.accounts.add(account)
         if broker is None and mosquitto is not None:
@@ -184,7 +186,7 @@ class LocalCloud:
         """Another account (e.g. one of another region, to check that its keys are refused here)."""
         account = Account.generate(self._rng, region or self.region)
         for device in make_devices(
-            devices, clock=self.clock, rng=self._rng, site=self.site, taken=self._taken
+            devices, clock=self.clock, rng=self._rng, site=self.site, taken=self._taken, catalog=self.catalog
         ):
             account.add_device(device)
         self.accounts.add(account)
@@ -196,7 +198,9 @@ class LocalCloud:
         """New devices (e.g. `"delta_pro=1"`) bound to an account while the cloud runs, as when a
         user adds one in the app: they show in the device list and publish from then on."""
         owner = account or self.account
-        added = make_devices(devices, clock=self.clock, rng=self._rng, site=self.site, taken=self._taken)
+        added = make_devices(
+            devices, clock=self.clock, rng=self._rng, site=self.site, taken=self._taken, catalog=self.catalog
+        )
         for device in added:
             self.accounts.bind(owner, device)
         return added
