@@ -96,6 +96,14 @@ TRIPLES: dict[str, tuple[Triple, ...]] = {
     "stream": tuple(
         Triple(f"plugInInfoPv{n}Vol", f"plugInInfoPv{n}Amp", f"powGetPv{n}") for n in ("", "2", "3", "4")
     ),
+    # no mppt.out triple: a real answer shows outVol x outAmp = 745 W beside outWatts 0 (river_2_pro.toml)
+    "river_2_pro": (
+        Triple("mppt.inVol", "mppt.inAmp", "mppt.inWatts"),
+        Triple("mppt.carOutVol", "mppt.carOutAmp", "mppt.carOutWatts"),
+        Triple("mppt.dcdc12vVol", "mppt.dcdc12vAmp", "mppt.dcdc12vWatts"),
+        Triple("inv.invOutVol", "inv.invOutAmp", "inv.outputWatts", ac=True),
+        Triple("inv.acInVol", "inv.acInAmp", "inv.inputWatts", ac=True),
+    ),
 }
 
 # Real captures per product (file names in ../shared/captures). Tolwi's diagnostics dump keeps the
@@ -840,6 +848,66 @@ def test_stream_captures_balance() -> None:
     }
     ems = _capture_values("stream", "streamacpro_colombod-recording_3.json")
     assert ems["v1p0.chgVol"] == 22.017 and "v1p0.chgRemainTime" not in ems
+
+
+def _fixture_values(slug: str, name: str) -> dict[str, float]:
+    return _normalized(CATALOG.products[slug], _decoded_fixture(slug, name))
+
+
+def test_river_2_pro_fixtures() -> None:
+    product = CATALOG.products["river_2_pro"]
+    charging = _fixture_values("river_2_pro", "quota_all_charging.json")
+    assert {key: charging.get(key) for key in RIVER_2_PRO_CHARGING} == RIVER_2_PRO_CHARGING
+    assert "bms_emsStatus.dsgRemainTime" not in charging  # 5999: not applicable
+    assert summarize(product, charging) == {
+        "soc_percent": 54.3,
+        "input_w": 700.0,
+        "output_w": 45.0,
+        "pv_input_w": 180.0,
+        "battery_w": 655.0,
+        "battery_soh_percent": 99.0,
+        "battery_cycles": 37.0,
+    }
+    pd = _fixture_values("river_2_pro", "mqtt_pd_status_discharging.json")
+    assert pd["pd.remainTime"] == -5880.0 and pd["pd.typec1Watts"] == 18.0
+    assert summarize(product, pd) == {"input_w": 0.0, "output_w": 312.0, "battery_w": -312.0}
+    bms = _fixture_values("river_2_pro", "mqtt_bms_status_discharging.json")
+    assert bms["bms_bmsStatus.vol"] == 20.0  # whole volts (a real answer: 20 beside 6 cells of 3.443 V)
+    assert bms["bms_bmsStatus.amp"] == -14.0  # whole amperes
+    assert bms["bms_bmsStatus.remainCap"] == 25.474 and bms["bms_bmsStatus.designCap"] == 40.0
+    assert bms["bms_bmsStatus.maxCellVol"] == 3.321 and bms["bms_bmsStatus.outputWatts"] == 296.0
+    ems = _fixture_values("river_2_pro", "mqtt_ems_status_discharging.json")
+    assert ems["bms_emsStatus.dsgRemainTime"] == 5880.0 and ems["bms_emsStatus.chgVol"] == 21.0
+    assert "bms_emsStatus.chgRemainTime" not in ems
+
+
+RIVER_2_PRO_CHARGING = {
+    "mppt.inVol": 36.21,
+    "mppt.inAmp": 4.97,
+    "mppt.inWatts": 180.0,
+    "mppt.outVol": 20.31,
+    "mppt.outAmp": 8.62,
+    "mppt.faultCode": 0.0,
+    "mppt.scrStandbyMin": 300.0,  # seconds, as the lcdCfg command sets it
+    "mppt.acStandbyMins": 43200.0,
+    "mppt.dcChgCurrent": 8.0,
+    "inv.acInVol": 230.87,
+    "inv.acInAmp": 2.31,
+    "inv.invOutVol": 230.104,
+    "inv.invOutAmp": 0.26,
+    "bms_bmsStatus.vol": 20.0,
+    "bms_bmsStatus.amp": 30.0,
+    "bms_bmsStatus.maxCellVol": 3.391,
+    "bms_bmsStatus.designCap": 40.0,
+    "bms_bmsStatus.remainCap": 19.537,
+    "bms_bmsStatus.tagChgAmp": 36.0,
+    "bms_emsStatus.chgVol": 21.0,
+    "bms_emsStatus.chgAmp": 30.0,
+    "bms_emsStatus.chgRemainTime": 2280.0,
+    "pd.remainTime": 2280.0,
+    "pd.chgSunPower": 12044.0,
+    "pd.lcdOffSec": 60.0,
+}
 
 
 # --- docs/products.md ------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ PRODUCTS = {
     "delta_pro",
     "delta_pro_3",
     "powerstream",
+    "river_2_pro",
     "smart_meter",
     "smart_plug",
     "stream",
