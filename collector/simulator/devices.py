@@ -36,7 +36,17 @@ from collector.simulator.physics import (
     fridge_w,
     household_w,
 )
-from collector.simulator.station import REMAIN_CAP_S, Delta2, Delta2Max, DeltaPro, DeltaPro3, Station, Stream
+from collector.simulator.station import (
+    REMAIN_CAP_S,
+    Delta2,
+    Delta2Max,
+    DeltaMax,
+    DeltaPro,
+    DeltaPro3,
+    River2Pro,
+    Station,
+    Stream,
+)
 
 __all__ = [
     "AMERICAS",
@@ -45,12 +55,14 @@ __all__ = [
     "SITES",
     "Delta2",
     "Delta2Max",
+    "DeltaMax",
     "DeltaPro",
     "DeltaPro3",
     "DeviceSpec",
     "EnergyMeter",
     "Noise",
     "PowerStream",
+    "River2Pro",
     "SimDevice",
     "Site",
     "SmartMeter",
@@ -383,7 +395,18 @@ class SmartMeter(SimDevice):
 
 PRODUCTS: Final[Mapping[str, type[SimDevice]]] = {
     cls.product_slug: cls
-    for cls in (PowerStream, DeltaPro, Delta2, Delta2Max, DeltaPro3, Stream, SmartPlug, SmartMeter)
+    for cls in (
+        PowerStream,
+        DeltaPro,
+        DeltaMax,
+        Delta2,
+        Delta2Max,
+        DeltaPro3,
+        River2Pro,
+        Stream,
+        SmartPlug,
+        SmartMeter,
+    )
 }
 _SERIAL_ALPHABET: Final = "ABCDEFGHJKLMNPQRSTUVWXYZ0123456789"
 

@@ -121,6 +121,12 @@ def lfp_cell_volts(soc: float) -> float:
     return 3.22 + 0.12 * s + 0.2 * s**12 - 0.3 * (1.0 - s) ** 10
 
 
+def ncm_cell_volts(soc: float) -> float:
+    """Open-circuit voltage of an NCM cell: 3.05 V empty, 3.85 V at 60 %, 4.2 V full."""
+    s = soc / 100.0
+    return 3.3 + 0.9 * s - 0.25 * (1.0 - s) ** 8
+
+
 def household_w(site: Site, noise: Noise, channel: int, t: float, base_w: float) -> float:
     """A household's load: a base load with slow noise, a morning and an evening peak."""
     hour = site.local_hour(t)

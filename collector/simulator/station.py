@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Final
 from collector.simulator import templates
 from collector.simulator.base import SimDevice
 from collector.simulator.codec import Raw, Value
-from collector.simulator.physics import PvString, clamp, drift, household_w, lfp_cell_volts
+from collector.simulator.physics import PvString, clamp, drift, household_w, lfp_cell_volts, ncm_cell_volts
 
 Quantities = dict[str, Any]  # one step's SI values by name: floats, ints (states), lists, None
 Source = str | Callable[[Quantities], Value]
@@ -100,6 +100,8 @@ class Build:
     mppt_efficiency: float = 0.98
     inverter_efficiency: float = 0.9
     inverter_idle_w: float = 12.0
+    cell_volts: Callable[[float], float] = lfp_cell_volts  # open-circuit voltage of a cell at a SoC (%)
+    nominal_cell_v: float = 3.2
 
 
 def raw_if_none(name: str, sentinel: int) -> Callable[[Quantities], Value]:
@@ -160,7 +162,7 @@ class Station(SimDevice):
         return {}
 
     def _pack_wh(self) -> float:
-        return self.station.full_ah * 3.2 * self.station.cells
+        return self.station.full_ah * self.station.nominal_cell_v * self.station.cells
 
     def _compute(self, t: float, dt: float) -> None:
         b, site, noise, temps = self.station, self.site, self._noise, self._temps
@@ -195,7 +197,7 @@ class Station(SimDevice):
         temps["dc"] = drift(temps["dc"], ambient + 6.0, dt, 1800.0)
         temps["pd"] = drift(temps["pd"], ambient + 7.0 + (load + pv_in) / 200.0, dt, 1800.0)
 
-        cell_ocv = lfp_cell_volts(self._soc)
+        cell_ocv = b.cell_volts(self._soc)
         amps_estimate = bat_w / (cell_ocv * b.cells)
         cells = [cell_ocv + 0.0012 * amps_estimate + offset for offset in self._cell_offsets]
         pack_v = sum(cells) + 0.1
@@ -372,6 +374,28 @@ class DeltaPro(Station):
         }
 
 
+class DeltaMax(DeltaPro):
+    """DELTA Max (2 kWh NCM, 14 cells): the DELTA Pro's protocol generation, keys and envelope."""
+
+    product_slug = "delta_max"
+    template = templates.DELTA_MAX
+    float_keys = templates.DELTA_MAX_FLOATS
+    build = Build(
+        cells=14,
+        full_ah=39.1,
+        strings=(PvString(800.0, 70.0, 84.0),),
+        cell_volts=ncm_cell_volts,
+        nominal_cell_v=3.6,
+    )
+
+    def _pack_wh(self) -> float:
+        return Station._pack_wh(self)
+
+    def _initial_values(self) -> dict[str, Value]:
+        values = super()._initial_values()
+        return {key: value for key, value in values.items() if key in self.template}
+
+
 _DELTA_2_MODULES: Final = {
     "pd": ("pdStatus", 1),
     "bms_bmsStatus": ("bmsStatus", 2),
@@ -442,6 +466,30 @@ class Delta2Max(Delta2):
             {**kit, "curPower": 0} for kit in self.template["bms_kitInfo.watts"]
         ]  # the capture's extra battery stands idle: the physics has no flow through the port
         return values
+
+
+_RIVER_ABSENT: Final = (  # DELTA 2 keys the RIVER 2 Pro does not report
+    "bms_bmsStatus.cellVol",
+    "bms_bmsStatus.maxVolDiff",
+    "bms_bmsStatus.actSoc",
+    "bms_bmsStatus.targetSoc",
+    "bms_bmsStatus.cellTemp",
+    "bms_bmsStatus.sysState",
+    "bms_bmsStatus.chgState",
+    "bms_emsStatus.sysChgDsgState",
+)
+
+
+class River2Pro(Delta2):
+    """RIVER 2 Pro (768 Wh LFP, a 19.2 V pack): the DELTA 2's key family and envelope, fewer BMS keys."""
+
+    product_slug = "river_2_pro"
+    template = templates.RIVER_2_PRO
+    float_keys = templates.RIVER_2_PRO_FLOATS
+    build = Build(cells=6, full_ah=40.0, strings=(PvString(220.0, 36.0, 44.0),), usb_w=18.0)
+    layout: ClassVar[Mapping[str, Source]] = {
+        k: v for k, v in _DELTA_2_LAYOUT.items() if k not in _RIVER_ABSENT
+    }
 
 
 # ----------------------------------------------------------------------------- flat-key products
