@@ -28,7 +28,7 @@ from collector.daemon import Collector, wall_clock_ms
 from collector.history.energy import COUNTERS
 from collector.history.report import format_table, report_from_settings
 from collector.simulator.clock import ScaledClock, wall_clock
-from collector.simulator.devices import SimDevice
+from collector.simulator.devices import DEVICES_HELP, SimDevice
 from collector.simulator.server import LocalCloud
 from collector.sink import Sink
 from collector.sink.influx import InfluxWriter
@@ -49,7 +49,7 @@ def register(commands: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--devices", default="powerstream=1,delta_pro=1", help="simulated devices")
+    parser.add_argument("--devices", default="powerstream=1,delta_pro=1", help=DEVICES_HELP)
     parser.add_argument("--influx-url", help="write here (InfluxDB 1.8+/2.x/3.x write API) instead")
     parser.add_argument("--influx-token", default="", help="token for --influx-url")
     parser.add_argument("--bucket", default="ecoflow", help="bucket (or 1.x database) to write to")

@@ -18,7 +18,7 @@ from collector.cli import UsageError
 from collector.config import ENV_PREFIX, REGIONS
 from collector.simulator.broker import BrokerInfo
 from collector.simulator.clock import ScaledClock, wall_clock
-from collector.simulator.devices import parse_device_specs
+from collector.simulator.devices import DEVICES_HELP, parse_device_specs
 from collector.simulator.publisher import PublisherError
 from collector.simulator.server import LocalCloud
 
@@ -32,9 +32,7 @@ def register(commands: Any) -> None:
         description="Serve EcoFlow's signed Open API on HTTP and publish simulated device reports to an "
         "MQTT broker, until SIGINT/SIGTERM. Prints the collector settings that point at it.",
     )
-    parser.add_argument(
-        "--devices", default="powerstream=1,delta_pro=1", help="per account, e.g. powerstream=2"
-    )
+    parser.add_argument("--devices", default="powerstream=1,delta_pro=1", help=f"per account: {DEVICES_HELP}")
     parser.add_argument("--accounts", type=int, default=1, help="number of developer accounts")
     parser.add_argument(
         "--region", default="europe", choices=sorted(REGIONS), help="region this cloud serves"

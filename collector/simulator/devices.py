@@ -50,6 +50,7 @@ from collector.simulator.station import (
 
 __all__ = [
     "AMERICAS",
+    "DEVICES_HELP",
     "EUROPE",
     "PRODUCTS",
     "SITES",
@@ -409,6 +410,10 @@ PRODUCTS: Final[Mapping[str, type[SimDevice]]] = {
     )
 }
 _SERIAL_ALPHABET: Final = "ABCDEFGHJKLMNPQRSTUVWXYZ0123456789"
+# the `--devices` help of the demo and simulate commands
+DEVICES_HELP: Final = (
+    f"simulated devices, e.g. delta_2=1,smart_plug=2 (products: {', '.join(sorted(PRODUCTS))})"
+)
 
 
 @dataclass(frozen=True, slots=True)
