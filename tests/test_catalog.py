@@ -161,6 +161,7 @@ CAPTURE_FILES: dict[str, tuple[str, ...]] = {
         "streamultra_colombod-recording_3.json",
         "streamultra_colombod-vector_1.json",
     ),
+    "smart_home_panel": ("smarthomepanel_rustyy-fixture_1.json",),
 }
 
 # --- helpers -----------------------------------------------------------------------------------------
@@ -879,6 +880,52 @@ def test_river_2_pro_fixtures() -> None:
     ems = _fixture_values("river_2_pro", "mqtt_ems_status_discharging.json")
     assert ems["bms_emsStatus.dsgRemainTime"] == 5880.0 and ems["bms_emsStatus.chgVol"] == 21.0
     assert "bms_emsStatus.chgRemainTime" not in ems
+
+
+def test_smart_home_panel_fixtures() -> None:
+    product = CATALOG.products["smart_home_panel"]
+    quota = _fixture_values("smart_home_panel", "quota_all.json")
+    assert {key: quota.get(key) for key in SMART_HOME_PANEL_QUOTA} == SMART_HOME_PANEL_QUOTA
+    assert "areaInfo.area" not in quota and "loadChInfo.info[0].chName" not in quota  # text
+    assert summarize(product, quota) == {}  # the DELTA Pro batteries report themselves
+    pushed = _fixture_values("smart_home_panel", "mqtt_channel_power.json")
+    assert pushed["infoList[10].chWatt"] == 160.0 and pushed["infoList[5].chWatt"] == 1502.0
+    assert pushed["infoList[11].powType"] == 0.0 and len(pushed) == 24
+
+
+SMART_HOME_PANEL_QUOTA = {
+    "heartbeat.workTime": 1209600.0,  # ms: 14 days
+    "heartbeat.backupFullCap": 151.2,
+    "heartbeat.backupBatPer": 63.0,
+    "heartbeat.backupChaTime": 611.0,  # stored raw: the real panels disagree on its unit
+    "heartbeat.gridDayWatth": 3120.5,
+    "heartbeat.energyInfos[0].dischargeTime": 36660.0,
+    "heartbeat.energyInfos[0].fullCap": 80.0,
+    "heartbeat.energyInfos[0].outputPower": 388.0,
+    "heartbeat.energyInfos[1].stateBean.isConnect": 0.0,
+    "channelPower.infoList[10].chWatt": 362.5,
+    "channelPower.infoList[5].chWatt": 1480.75,
+    "mainsLoadWatt.watth[3][7]": 88.0,
+    "topupLoadWatt.watth[0][3]": 410.0,
+    "loadChCurInfo.cur[5]": 30.0,
+    "selfCheck.vIn[1]": 231.25,
+    "gridInfo.gridVol": 230.0,
+    "backupChaDiscCfg.discLower": 15.0,
+}
+
+
+def test_smart_home_panel_capture() -> None:
+    out = _capture_values("smart_home_panel", "smarthomepanel_rustyy-fixture_1.json")
+    assert out["heartbeat.workTime"] == 3367545.276  # 39 days: ms, not the document's minutes
+    assert out["heartbeat.backupFullCap"] == 304.0  # 4 packs of 80 Ah at 95 %
+    assert out["heartbeat.backupBatPer"] == 77.0
+    levels = [out[f"heartbeat.energyInfos[{i}].batteryPercentage"] for i in (0, 1)]
+    assert sum(levels) / 2 == 76.5  # the combined level is their mean
+    assert out["channelPower.infoList[11].chWatt"] == 31.707523
+    assert out["heartbeat.energyInfos[1].outputPower"] == 42.0
+    assert out["mainsLoadWatt.watth[0][3]"] == 111.0
+    assert out["gridInfo.gridVol"] == 120.0 and out["selfCheck.vIn[0]"] == 115.13682
+    assert summarize(CATALOG.products["smart_home_panel"], out) == {}
 
 
 RIVER_2_PRO_CHARGING = {

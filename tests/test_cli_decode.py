@@ -22,6 +22,7 @@ PRODUCTS = {
     "delta_pro_3",
     "powerstream",
     "river_2_pro",
+    "smart_home_panel",
     "smart_meter",
     "smart_plug",
     "stream",
