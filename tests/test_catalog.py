@@ -96,6 +96,27 @@ TRIPLES: dict[str, tuple[Triple, ...]] = {
     "stream": tuple(
         Triple(f"plugInInfoPv{n}Vol", f"plugInInfoPv{n}Amp", f"powGetPv{n}") for n in ("", "2", "3", "4")
     ),
+    "delta_pro_ultra": tuple(
+        Triple(
+            f"hs_yj751_pd_backend_addr.{port}Vol",
+            f"hs_yj751_pd_backend_addr.{port}Amp",
+            f"hs_yj751_pd_appshow_addr.{port}Pwr",
+            ac=ac,
+        )
+        for port, ac in (
+            ("inHvMppt", False),
+            ("inLvMppt", False),
+            ("inAcC20", True),
+            ("inAc5p8", True),
+            ("outAc5p8", True),
+            ("outAcL11", True),
+            ("outAcL12", True),
+            ("outAcL21", True),
+            ("outAcL22", True),
+            ("outAcTt", True),
+            ("outAcL14", True),
+        )
+    ),
     # no mppt.out triple: a real answer shows outVol x outAmp = 745 W beside outWatts 0 (river_2_pro.toml)
     "river_2_pro": (
         Triple("mppt.inVol", "mppt.inAmp", "mppt.inWatts"),
@@ -926,6 +947,33 @@ def test_smart_home_panel_capture() -> None:
     assert out["mainsLoadWatt.watth[0][3]"] == 111.0
     assert out["gridInfo.gridVol"] == 120.0 and out["selfCheck.vIn[0]"] == 115.13682
     assert summarize(CATALOG.products["smart_home_panel"], out) == {}
+
+
+def test_delta_pro_ultra_fixtures() -> None:
+    product = CATALOG.products["delta_pro_ultra"]
+    show, backend = "hs_yj751_pd_appshow_addr.", "hs_yj751_pd_backend_addr."
+    charging = _fixture_values("delta_pro_ultra", "quota_all_solar_and_grid_in.json")
+    assert charging[f"{show}remainTime"] == 12720.0  # 212 min
+    assert charging[f"{backend}inHvMpptVol"] == 310.2 and charging[f"{backend}inHvMpptAmp"] == 5.82
+    assert charging[f"{backend}outAcL11Pf"] == 60.0
+    assert charging["hs_yj751_pd_app_set_info_addr.screenStandbySec"] == 300.0
+    assert charging["hs_yj751_pd_app_set_info_addr.acStandbyMins"] == 43200.0
+    assert "hs_yj751_pd_app_set_info_addr.sysTimezoneId" not in charging  # text
+    assert summarize(product, charging) == {
+        "soc_percent": 47.0,
+        "input_w": 3704.5,
+        "output_w": 246.25,
+        "pv_input_w": 2202.5,
+    }
+    out = _fixture_values("delta_pro_ultra", "quota_all_ac_out.json")
+    assert out[f"{show}outAcTtPwr"] == 2401.0 and out[f"{backend}outAcTtVol"] == 240.2
+    assert out[f"{show}remainTime"] == 15900.0
+    assert summarize(product, out) == {
+        "soc_percent": 63.0,
+        "input_w": 0.0,
+        "output_w": 3742.5,
+        "pv_input_w": 0.0,
+    }
 
 
 RIVER_2_PRO_CHARGING = {

@@ -20,6 +20,7 @@ PRODUCTS = {
     "delta_max",
     "delta_pro",
     "delta_pro_3",
+    "delta_pro_ultra",
     "powerstream",
     "river_2_pro",
     "smart_home_panel",
