@@ -113,7 +113,7 @@ def bench_influx(root: Path) -> None:
         for i in range(0, n, 1000):
             writer.submit(points[i : i + 1000])
         submitted = time.perf_counter() - started
-        while writer.stats()["spool_points"] or writer.stats()["queue_points"] or not writer.flush(0):
+        while writer.stats().spool_points or writer.stats().queue_points or not writer.flush(0):
             time.sleep(0.01)
         elapsed = time.perf_counter() - started
         stats = writer.stats()
@@ -122,7 +122,7 @@ def bench_influx(root: Path) -> None:
         print(
             f"writer, submitting as fast as the caller can ({n / submitted:.0f} points/s): all {n} points "
             f"in InfluxDB after {elapsed:.2f} s = {n / elapsed:.0f} points/s end to end; "
-            f"{stats['points_spooled']} spilled to the spool on the way, {stats['points_dropped']} dropped, "
+            f"{stats.points_spooled} spilled to the spool on the way, {stats.points_dropped} dropped, "
             f"{stored['values'][0][1]} stored"
         )
 
@@ -137,7 +137,7 @@ def bench_influx(root: Path) -> None:
         writer.close(10)
         writer = InfluxWriter(influx, state)
         started = time.perf_counter()
-        while writer.stats()["spool_points"]:
+        while writer.stats().spool_points:
             time.sleep(0.01)
         elapsed = time.perf_counter() - started
         writer.close(10)
@@ -167,7 +167,7 @@ def bench_submit_latency(root: Path, delay_ms: float, seconds: float = 5.0) -> N
             down, CollectorSection(state_dir=root / name), retry_initial_s=60, spool_fsync=slow_fsync
         )
         writer.submit([point(0)])
-        while writer.stats()["spool_points"] < 1:  # replay mode: the first batch failed and is spooled
+        while writer.stats().spool_points < 1:  # replay mode: the first batch failed and is spooled
             time.sleep(0.01)
         latencies: list[float] = []
         i, started = 1, time.perf_counter()
@@ -180,7 +180,7 @@ def bench_submit_latency(root: Path, delay_ms: float, seconds: float = 5.0) -> N
         assert writer.flush(120)
         stats = writer.stats()
         writer.close(10)
-        return latencies, stats["spool_points"], stats["points_dropped"]
+        return latencies, stats.spool_points, stats.points_dropped
 
     def pct(values: list[float], q: float) -> float:
         ordered = sorted(values)

@@ -106,11 +106,19 @@ def test_devices_table(cloud: LocalCloud, config: Path, capsys: pytest.CaptureFi
     status, out, err = run(capsys, "devices", "--config", str(config))
     assert status == 0, err
     lines = [re.split(r"\s{2,}", line) for line in out.splitlines()]  # names hold single spaces
-    assert lines[0] == ["sn", "name", "product", "online"]
-    rows = {line[0]: line for line in lines[1:]}
+    assert lines[0] == ["sn", "name", "product", "online", "http reads"]
+    rows = {line[0]: line for line in lines[1 : 1 + len(cloud.account.devices)]}
     assert set(rows) == set(cloud.account.devices)
     for sn, device in cloud.account.devices.items():
-        assert rows[sn][1:] == [device.device_name, device.product_slug, "yes"]
+        reads = "refused (1006)" if device.read_denied else "yes"
+        assert rows[sn][1:] == [device.device_name, device.product_slug, "yes", reads]
+    # one line per refused device, naming its product and what the refusal means
+    denied = _sn(cloud, "powerstream", read_denied=True)
+    notes = out.splitlines()[1 + len(cloud.account.devices) :]
+    assert notes == [
+        f"{denied}: EcoFlow's public API does not serve PowerStream devices (code 1006): "
+        "this device is never polled over HTTP; what it publishes over MQTT is still stored"
+    ]
 
 
 def test_devices_json_resolves_products_without_config(
@@ -124,6 +132,9 @@ def test_devices_json_resolves_products_without_config(
     assert records[unnamed]["product"] == "delta_pro"  # from its DCAB serial prefix
     assert records[_sn(cloud, "powerstream")]["product"] == "powerstream"  # from productName
     assert all(record["online"] is True for record in records.values())
+    denied = _sn(cloud, "powerstream", read_denied=True)
+    assert {sn for sn, record in records.items() if record["read_denied"]} == {denied}
+    assert records[denied]["reads"] == "refused"
 
 
 # --- quota and get -------------------------------------------------------------------------------------
@@ -325,7 +336,7 @@ def test_keys_from_the_environment(
     path = _write(tmp_path, {"ecoflow": {"api_url": cloud.url}})
     monkeypatch.setenv("ECOFLOW_COLLECTOR_ECOFLOW__ACCESS_KEY", cloud.account.access_key)
     monkeypatch.setenv("ECOFLOW_COLLECTOR_ECOFLOW__SECRET_KEY", cloud.account.secret_key)
-    status, out, err = run(capsys, "devices", "--config", str(path))
+    status, out, err = run(capsys, "devices", "--no-probe", "--config", str(path))
     assert status == 0, err
     assert len(out.splitlines()) == 1 + len(cloud.account.devices)
 

@@ -286,7 +286,12 @@ def test_check_reports_each_dependency(
             timeout=60,
         )
         assert good.returncode == 0, good.stdout + good.stderr
-        assert [line.split()[0] for line in good.stdout.splitlines()] == ["ok"] * 5
+        lines = good.stdout.splitlines()
+        assert [line.split()[0] for line in lines] == ["ok"] * 6
+        # one quota/all per configured device: the share of its keys the configured product knows
+        device = cloud.devices[0]
+        assert lines[4].startswith(f"ok   device {device.sn} ({device.device_name}): ")
+        assert "% of" in lines[4] and "keys known to powerstream" in lines[4]
         env = {
             **os.environ,
             "ECOFLOW_COLLECTOR_ECOFLOW__SECRET_KEY": "wrong-secret",

@@ -161,8 +161,8 @@ def test_points_land_with_their_values_timestamps_and_float_type(
     }
     sink.close(5)
     stats = writer.stats()
-    assert (stats["points_written"], stats["points_spooled"], stats["points_dropped"]) == (3, 0, 0)
-    assert stats["last_success_time"] is not None and stats["last_error"] is None
+    assert (stats.points_written, stats.points_spooled, stats.points_dropped) == (3, 0, 0)
+    assert stats.last_success_time is not None and stats.last_error is None
 
 
 def test_outage_then_restart_every_point_once_and_in_order(
@@ -190,18 +190,18 @@ def test_outage_then_restart_every_point_once_and_in_order(
     producer = threading.Thread(target=produce)
     producer.start()
     try:
-        _wait(lambda: writer.stats()["points_written"] > 100, "first writes")
+        _wait(lambda: writer.stats().points_written > 100, "first writes")
         server.kill()
-        _wait(lambda: writer.stats()["spool_points"] > 200, "points spooled during the outage")
-        assert writer.stats()["write_errors"].get("server", 0) >= 1  # the proxy's 502
+        _wait(lambda: writer.stats().spool_points > 200, "points spooled during the outage")
+        assert writer.stats().write_errors.get("server", 0) >= 1  # the proxy's 502
         server.restart()
-        _wait(lambda: writer.stats()["points_replayed"] > 0, "replay after the restart")
+        _wait(lambda: writer.stats().points_replayed > 0, "replay after the restart")
         time.sleep(0.2)
     finally:
         stop.set()
         producer.join()
     assert writer.flush(10)
-    _wait(lambda: writer.stats()["spool_depth"] == 0, "the spool to drain")
+    _wait(lambda: writer.stats().spool_depth == 0, "the spool to drain")
     writer.close(5)
 
     n = submitted
@@ -213,8 +213,8 @@ def test_outage_then_restart_every_point_once_and_in_order(
     # each timestamp holds the newer of its two values
     assert [row["v"] for row in rows] == [float(min(2 * i + 1, n - 1)) for i in range(len(rows))]
     stats = writer.stats()
-    assert stats["points_spooled"] > 200 and stats["points_replayed"] >= stats["points_spooled"]
-    assert (stats["points_dropped"], stats["points_rejected"], stats["spool_points"]) == (0, 0, 0)
+    assert stats.points_spooled > 200 and stats.points_replayed >= stats.points_spooled
+    assert (stats.points_dropped, stats.points_rejected, stats.spool_points) == (0, 0, 0)
 
 
 def test_wrong_token_keeps_data_until_a_right_token_replays_it(
@@ -226,9 +226,9 @@ def test_wrong_token_keeps_data_until_a_right_token_replays_it(
         with capture_logs() as logs:
             writer = make_writer(server.url, "telemetry", tmp_path, token=wrong)
             writer.submit([_point("A", float(k), T0 + k) for k in range(20)])
-            _wait(lambda: writer.stats()["write_errors"].get("auth", 0) >= 2, "401s")
+            _wait(lambda: writer.stats().write_errors.get("auth", 0) >= 2, "401s")
             stats = writer.stats()
-            assert (stats["spool_points"], stats["points_dropped"]) == (20, 0)
+            assert (stats.spool_points, stats.points_dropped) == (20, 0)
             writer.close(5)
         errors = [entry for entry in logs if entry["event"] == "influx.write_unauthorized"]
         assert errors and errors[0]["log_level"] == "error" and errors[0]["status"] == 401
@@ -237,10 +237,10 @@ def test_wrong_token_keeps_data_until_a_right_token_replays_it(
         assert _count(server, "telemetry", "SELECT count(v) FROM m") == 0
 
         writer = make_writer(server.url, "telemetry", tmp_path, token=TOKEN)
-        _wait(lambda: writer.stats()["spool_depth"] == 0, "replay with the right token")
+        _wait(lambda: writer.stats().spool_depth == 0, "replay with the right token")
         writer.close(5)
         assert _count(server, "telemetry", "SELECT count(v) FROM m") == 20
-        assert writer.stats()["points_replayed"] == 20
+        assert writer.stats().points_replayed == 20
 
 
 def test_missing_database_keeps_data_until_it_exists(
@@ -250,11 +250,11 @@ def test_missing_database_keeps_data_until_it_exists(
     with capture_logs() as logs:
         writer = make_writer(influx_server.url, name, tmp_path)
         writer.submit([_point("A", float(k), T0 + k) for k in range(10)])
-        _wait(lambda: writer.stats()["write_errors"].get("not_found", 0) >= 1, "a 404")
-        assert writer.stats()["spool_points"] == 10
+        _wait(lambda: writer.stats().write_errors.get("not_found", 0) >= 1, "a 404")
+        assert writer.stats().spool_points == 10
         influx_server.create_database(name)
         try:
-            _wait(lambda: writer.stats()["spool_depth"] == 0, "replay once the database exists")
+            _wait(lambda: writer.stats().spool_depth == 0, "replay once the database exists")
             writer.close(5)
             assert _count(influx_server, name, "SELECT count(v) FROM m") == 10
         finally:
@@ -276,8 +276,8 @@ def test_field_type_conflict_is_set_aside_and_later_batches_still_land(
         assert writer.flush(10)
     writer.close(5)
     stats = writer.stats()
-    assert (stats["points_rejected"], stats["write_errors"]["rejected"]) == (6, 3)
-    assert (stats["spool_depth"], stats["points_dropped"]) == (0, 0)
+    assert (stats.points_rejected, stats.write_errors["rejected"]) == (6, 3)
+    assert (stats.spool_depth, stats.points_dropped) == (0, 0)
     assert _count(influx_server, influx_db, "SELECT count(v) FROM later") == 5
     rejected = [entry for entry in logs if entry["event"] == "influx.batch_rejected"]
     assert len(rejected) == 3 and all(entry["status"] == 400 for entry in rejected)
@@ -304,7 +304,7 @@ def test_close_with_influxdb_down_spools_the_pending_batch_in_time(
 
     server.restart()
     writer = make_writer(server.url, "telemetry", tmp_path)
-    _wait(lambda: writer.stats()["spool_depth"] == 0, "replay at the next start")
+    _wait(lambda: writer.stats().spool_depth == 0, "replay at the next start")
     writer.close(5)
     assert _count(server, "telemetry", "SELECT count(v) FROM m") == 30
 
@@ -320,7 +320,7 @@ def test_close_with_influxdb_hanging_spools_the_batch_in_flight(
     writer = make_writer(server.url, "telemetry", tmp_path, timeout_s=30)
     stoppable(True)
     writer.submit([_point("A", float(k), T0 + k) for k in range(30)])
-    _wait(lambda: writer.stats()["queue_points"] == 0, "the batch to be in flight")
+    _wait(lambda: writer.stats().queue_points == 0, "the batch to be in flight")
     started = time.monotonic()
     writer.close(2)
     assert time.monotonic() - started < 2.2
@@ -328,7 +328,7 @@ def test_close_with_influxdb_hanging_spools_the_batch_in_flight(
 
     stoppable(False)
     writer = make_writer(server.url, "telemetry", tmp_path)
-    _wait(lambda: writer.stats()["spool_depth"] == 0, "replay at the next start")
+    _wait(lambda: writer.stats().spool_depth == 0, "replay at the next start")
     writer.close(5)
     assert _count(server, "telemetry", "SELECT count(v) FROM m") == 30
 
@@ -353,11 +353,11 @@ def test_hanging_server_full_queue_spills_to_spool_and_stuck_is_reported(
         writer.submit([_point("A", float(k), T0 + k)])
         writer.submit([_point("B", float(k), T0 + k // 2)])
     stats = writer.stats()
-    assert stats["points_dropped"] == 0
-    assert stats["spool_points"] >= 2 * n - 40 - 10  # at most a queue and a batch in memory
+    assert stats.points_dropped == 0
+    assert stats.spool_points >= 2 * n - 40 - 10  # at most a queue and a batch in memory
     _wait(writer.stuck, "stuck() while the request hangs", timeout=5)
     stoppable(False)
-    _wait(lambda: writer.stats()["spool_depth"] == 0 and writer.stats()["queue_points"] == 0, "drain")
+    _wait(lambda: writer.stats().spool_depth == 0 and writer.stats().queue_points == 0, "drain")
     assert not writer.stuck()
     writer.close(5)
     rows = server.rows("telemetry", "SELECT v FROM m WHERE sn = 'A'", epoch="ms")
@@ -371,9 +371,9 @@ def test_unreachable_server_is_a_connection_error_and_nothing_is_lost(
 ) -> None:
     writer = make_writer(f"http://127.0.0.1:{free_port()}", "telemetry", tmp_path)
     writer.submit([_point("A", float(k), T0 + k) for k in range(5)])
-    _wait(lambda: writer.stats()["write_errors"].get("connection", 0) >= 2, "connection errors")
+    _wait(lambda: writer.stats().write_errors.get("connection", 0) >= 2, "connection errors")
     writer.close(3)
-    assert writer.stats()["last_error"] == "connection"
+    assert writer.stats().last_error == "connection"
     assert _spool_stats(tmp_path) == (1, 5)
 
 
@@ -390,9 +390,9 @@ def test_full_spool_drops_oldest_and_counts_it(tmp_path: Path, make_writer: Writ
         writer.submit([_point("A", float(i), T0 + 1000 * k + i) for i in range(1000)])
         assert writer.flush(10)
     stats = writer.stats()
-    assert stats["points_dropped"] > 0
-    assert stats["points_dropped"] + stats["spool_points"] == 40_000
-    assert stats["spool_bytes"] <= 1024 * 1024
+    assert stats.points_dropped > 0
+    assert stats.points_dropped + stats.spool_points == 40_000
+    assert stats.spool_bytes <= 1024 * 1024
 
 
 def test_submit_after_close_is_counted_not_raised(
@@ -401,9 +401,9 @@ def test_submit_after_close_is_counted_not_raised(
     writer = make_writer(influx_server.url, influx_db, tmp_path)
     writer.close(5)
     writer.submit([_point("A", 1.0, T0)])
-    assert writer.stats()["points_dropped"] == 1
+    assert writer.stats().points_dropped == 1
     writer.close(5)  # a second close is harmless
-    assert writer.stats()["points_dropped"] == 1
+    assert writer.stats().points_dropped == 1
 
 
 def test_parse_retry_after() -> None:
@@ -483,7 +483,7 @@ def test_submit_does_not_wait_for_spool_fsyncs_in_replay_mode(
         spool_fsync=disk.fsync,
     )
     writer.submit([_point("A", -1.0, T0 - 1)])
-    _wait(lambda: writer.stats()["spool_points"] == 1, "replay mode (the first batch spooled)")
+    _wait(lambda: writer.stats().spool_points == 1, "replay mode (the first batch spooled)")
     disk.stuck.set()
     writer.submit([_point("A", 0.0, T0)])
     assert disk.inside.wait(10), "the writer never appended to the spool"
@@ -501,7 +501,7 @@ def test_submit_does_not_wait_for_spool_fsyncs_in_replay_mode(
     assert not blocked, "submit() waited for the spool's fsync"
     assert writer.flush(30)
     writer.close(5)
-    assert writer.stats()["points_dropped"] == 0
+    assert writer.stats().points_dropped == 0
     with Spool(tmp_path / "spool", 1024 * 1024 * 1024) as spool:
         lines: list[bytes] = []
         while (batch := spool.peek(max_points=1000)) is not None:
@@ -529,7 +529,7 @@ def test_a_batch_stops_at_batch_max_bytes(
     )
     writer.submit(points)
     assert writer.flush(10)
-    written = writer.stats()["batches_written"]
+    written = writer.stats().batches_written
     _wait(lambda: _requests_for(influx_server, influx_db) >= written, "the requests in the access log")
     assert (written, _requests_for(influx_server, influx_db)) == (12, 12)
     assert _count(influx_server, influx_db, "SELECT count(v) FROM m") == 100
@@ -565,20 +565,20 @@ def test_queue_past_queue_max_bytes_spills_to_the_spool_and_nothing_is_lost(
         for k in range(n):
             writer.submit([_point("A", float(k), T0 + k)])
     stats = writer.stats()
-    held = stats["queue_points"] * len(_point("A", 1000.0, T0 + 1000).to_line())
+    held = stats.queue_points * len(_point("A", 1000.0, T0 + 1000).to_line())
     assert held <= queue_max_bytes
-    assert stats["spool_points"] >= n - queue_max_bytes // 20 - 8_000 // 20
-    assert stats["points_dropped"] == 0
+    assert stats.spool_points >= n - queue_max_bytes // 20 - 8_000 // 20
+    assert stats.points_dropped == 0
     spills = [entry for entry in logs if entry["event"] == "influx.queue_full_spilled"]
     assert spills and all(entry["queue_max_bytes"] == queue_max_bytes for entry in spills)
     assert all(entry["points"] < 1_000_000 and entry["bytes"] > queue_max_bytes for entry in spills)
     stoppable(False)
-    _wait(lambda: writer.stats()["spool_depth"] == 0 and writer.stats()["queue_points"] == 0, "drain")
+    _wait(lambda: writer.stats().spool_depth == 0 and writer.stats().queue_points == 0, "drain")
     writer.close(5)
     rows = server.rows("telemetry", "SELECT v FROM m WHERE sn = 'A'", epoch="ms")
     assert [row["v"] for row in rows] == [-1.0] + [float(k) for k in range(n)]
     stats = writer.stats()
-    assert (stats["points_dropped"], stats["points_rejected"], stats["spool_points"]) == (0, 0, 0)
-    assert stats["points_replayed"] >= stats["points_spooled"] >= n - queue_max_bytes // 20
+    assert (stats.points_dropped, stats.points_rejected, stats.spool_points) == (0, 0, 0)
+    assert stats.points_replayed >= stats.points_spooled >= n - queue_max_bytes // 20
     # the replayed batches kept to batch_max_bytes too
-    assert stats["batches_written"] >= 1 + 84_000 // 8_000
+    assert stats.batches_written >= 1 + 84_000 // 8_000

@@ -22,6 +22,7 @@ from collector.daemon import Collector
 from collector.logs import configure
 from collector.points import Point
 from collector.simulator.server import LocalCloud
+from collector.sink import SinkStats
 from collector.testbed import MosquittoServer
 from tests.test_daemon import account_client, publisher_of, wait_for
 
@@ -42,9 +43,9 @@ class CountingSink:
     def close(self, timeout: float) -> None:
         return None
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> SinkStats:
         with self._lock:
-            return {"points_written": self.points, "spool_points": 12, "spool_bytes": 3456}
+            return SinkStats(points_written=self.points, spool_points=12, spool_bytes=3456)
 
     def stuck(self) -> bool:
         return False

@@ -17,13 +17,14 @@ from typing import Any
 
 from collector.api.client import QUOTA_PATH, EcoflowClient
 from collector.api.commands import SetRequest, build_set_request, settings_table
-from collector.api.errors import ApiError, ResponseError, SettingValueError
+from collector.api.errors import ApiError, DeviceReadDenied, ResponseError, SettingValueError
 from collector.api.models import DeviceInfo, QuotaValues
 from collector.catalog import Catalog, FieldSpec, Product, default_catalog
 from collector.cli import UsageError, table
 from collector.config import Settings, load_settings
 from collector.decoding import PayloadError, Scalar, flatten
 from collector.normalize import KeyReporter, normalize_values
+from collector.sources.http import refusal_message
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -51,7 +52,17 @@ def register(commands: Any) -> None:
         parser.set_defaults(handler=_reporting_api_errors(handler))
         return parser
 
-    add("devices", run_devices, "list the account's devices: serial, name, product, online")
+    add(
+        "devices",
+        run_devices,
+        "list the account's devices: serial, name, product, online, and whether the public API serves "
+        "their data (one quota/all each)",
+    ).add_argument(
+        "--no-probe",
+        dest="probe",
+        action="store_false",
+        help="do not ask quota/all of each device (the http reads column shows -)",
+    )
     add("quota", run_quota, "show every quota of a device (HTTP quota/all), in stored units").add_argument(
         "sn", help="device serial number"
     )
@@ -199,25 +210,55 @@ def _show_quotas(args: argparse.Namespace, sn: str, slug: str, records: list[dic
 # --- commands -------------------------------------------------------------------------------------
 
 
+def _reads(client: EcoflowClient, sn: str) -> tuple[str, str | None]:
+    """Whether the public API serves the device's data: one quota/all. ("yes" | "refused" | "error",
+    the error's text)."""
+    try:
+        client.quota_all(sn)
+    except DeviceReadDenied:
+        return "refused", None
+    except ApiError as exc:
+        return "error", str(exc)
+    return "yes", None
+
+
+_READS_SHOWN = {"yes": "yes", "refused": "refused (1006)", "error": "error", "not asked": "-"}
+
+
 def run_devices(args: argparse.Namespace) -> int:
     settings, client = _open(args)
+    notes: list[str] = []
     with client:
         devices = _Devices(settings, default_catalog(), client)
-        records: list[dict[str, Any]] = [
-            {
-                "sn": info.sn,
-                "name": devices.name(info),
-                "product": devices.product(info.sn, info)[0],
-                "product_name": info.productName,
-                "online": info.is_online,
-            }
-            for info in devices.listed().values()
-        ]
+        records: list[dict[str, Any]] = []
+        for info in devices.listed().values():
+            slug, product = devices.product(info.sn, info)
+            reads, error = _reads(client, info.sn) if args.probe else ("not asked", None)
+            if reads == "refused":
+                notes.append(f"{info.sn}: {refusal_message(product.name if product is not None else slug)}")
+            elif error is not None:
+                notes.append(f"{info.sn}: quota/all failed: {error}")
+            records.append(
+                {
+                    "sn": info.sn,
+                    "name": devices.name(info),
+                    "product": slug,
+                    "product_name": info.productName,
+                    "online": info.is_online,
+                    "reads": reads,  # "yes", "refused" (EcoFlow code 1006), "error", "not asked"
+                    "read_denied": reads == "refused",
+                }
+            )
     if args.json:
         _print_json(records)
     elif records:
-        rows = [[r["sn"], r["name"], r["product"], "yes" if r["online"] else "no"] for r in records]
-        print(table(["sn", "name", "product", "online"], rows))
+        rows = [
+            [r["sn"], r["name"], r["product"], "yes" if r["online"] else "no", _READS_SHOWN[r["reads"]]]
+            for r in records
+        ]
+        print(table(["sn", "name", "product", "online", "http reads"], rows))
+        for note in notes:
+            print(note)
     else:
         print("the account has no devices")
     return 0

@@ -160,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
         received = sum(collector.mqtt.messages.values())
         print(
             f"done: {received} MQTT messages, {sum(collector.polls.values())} HTTP polls, "
-            f"{stats.get('points_written', 0)} points written"
+            f"{stats.points_written} points written"
         )
         if url is not None:
             for row in _query(url, token, args.bucket, SUMMARY_QUERY):

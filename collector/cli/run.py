@@ -16,17 +16,22 @@ from typing import Any
 import structlog
 
 from collector.api.client import EcoflowClient
-from collector.api.errors import ApiError
-from collector.catalog import default_catalog
+from collector.api.errors import ApiError, DeviceReadDenied
+from collector.api.models import DeviceInfo
+from collector.catalog import Catalog, default_catalog
 from collector.cli import UsageError
 from collector.config import ConfigError, Settings, load_settings
 from collector.daemon import Collector
+from collector.decoding import PayloadError
+from collector.diagnose import describe, key_match
 from collector.health import HealthServer
 from collector.history.energy import influx_restorer
 from collector.history.influxql import InfluxQL
 from collector.history.rollup import RollupJob
 from collector.logs import configure
 from collector.sink.influx import InfluxWriter
+from collector.sources.credentials import mqtt_credentials
+from collector.sources.http import refusal_message
 from collector.statedir import StateDir, StateDirError
 
 log = structlog.get_logger("collector.run")
@@ -149,34 +154,47 @@ def _report(name: str, ok: bool, detail: str) -> bool:
     return ok
 
 
+def _warn(name: str, detail: str) -> bool:
+    """Something to fix that does not stop collection (the exit status stays 0)."""
+    print(f"warn {name}: {detail}")
+    return True
+
+
 def check(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     source = args.config or "environment"
     _report("config", True, f"{source} is valid ({len(settings.devices)} devices configured)")
     catalog = default_catalog()
     _report("catalog", True, f"{len(catalog.products)} products: {', '.join(sorted(catalog.products))}")
-    results = [_check_api(settings), _check_influx(settings, args.timeout)]
+    results = [_check_api(settings, catalog), _check_influx(settings, args.timeout)]
     return 0 if all(results) else 1
 
 
-def _check_api(settings: Settings) -> bool:
-    from collector.sources.mqtt import probe_broker
+MAX_CHECKED_DEVICES = 50  # one quota/all each
 
+
+def _check_api(settings: Settings, catalog: Catalog) -> bool:
     try:
         client = EcoflowClient.from_settings(settings.ecoflow)
     except ConfigError as exc:
         return _report("ecoflow api", False, str(exc))
     with client:
         try:
-            devices = client.device_list()
+            listed = client.device_list()
         except ApiError as exc:
             return _report("ecoflow api", False, f"{settings.ecoflow.api_url}: {exc}")
-        _report("ecoflow api", True, f"{settings.ecoflow.api_url}: {len(devices)} devices on the account")
-        collector = Collector(settings, default_catalog(), client, _NullSink(), client_id="check")
-        try:
-            credentials = collector.mqtt_credentials()
-        except ApiError as exc:
-            return _report("mqtt", False, f"certification failed: {exc}")
+        _report("ecoflow api", True, f"{settings.ecoflow.api_url}: {len(listed)} devices on the account")
+        mqtt_ok = _check_mqtt(settings, client)
+        return _check_devices(settings, catalog, client, listed) and mqtt_ok
+
+
+def _check_mqtt(settings: Settings, client: EcoflowClient) -> bool:
+    from collector.sources.mqtt import probe_broker
+
+    try:
+        credentials = mqtt_credentials(settings.mqtt, client.certification)
+    except ApiError as exc:
+        return _report("mqtt", False, f"certification failed: {exc}")
     try:  # the daemon's id would kick a running daemon off the broker: a stable id of its own
         probe_id = StateDir(settings.collector.state_dir).client_id(settings.mqtt.client_id) + "-check"
     except (StateDirError, OSError) as exc:
@@ -186,23 +204,43 @@ def _check_api(settings: Settings) -> bool:
     return _report("mqtt", problem is None, f"{where}: {problem or 'connected'}")
 
 
+def _check_devices(
+    settings: Settings, catalog: Catalog, client: EcoflowClient, listed: list[DeviceInfo]
+) -> bool:
+    """One quota/all per device the daemon would collect (the configured ones, else the listed
+    ones): refused (1006), failing, or with keys of another product than the configured one."""
+    if settings.devices:
+        wanted = [(d.sn, d.name, d.product) for d in settings.devices]
+    else:
+        wanted = [(info.sn, info.deviceName, info.productName) for info in listed]
+    ok = True
+    for sn, name, configured in wanted[:MAX_CHECKED_DEVICES]:
+        slug, product = catalog.identify(configured, sn)
+        label = f"device {sn}" + (f" ({name})" if name and name != sn else "")
+        try:
+            data = client.quota_all(sn)
+        except DeviceReadDenied:
+            _warn(label, refusal_message(product.name if product is not None else slug))
+            continue
+        except ApiError as exc:
+            ok = _report(label, False, f"quota/all: {exc}") and ok
+            continue
+        if not data:
+            _report(label, True, f"{slug}: the cloud has no data for it (yet)")
+            continue
+        try:
+            match = key_match(catalog, product, data)
+        except PayloadError as exc:
+            _warn(label, f"quota/all answer not usable: {exc}")
+            continue
+        line = describe(match, slug, catalog)
+        _warn(label, line) if match.mismatch(slug) else _report(label, True, line)
+    if len(wanted) > MAX_CHECKED_DEVICES:
+        print(f"     ({len(wanted) - MAX_CHECKED_DEVICES} more devices not checked)")
+    return ok
+
+
 def _check_influx(settings: Settings, timeout_s: float) -> bool:
     problem = InfluxWriter.probe(settings, timeout_s)
     i = settings.influxdb
     return _report("influxdb", problem is None, f"{i.url} bucket {i.bucket}: {problem or 'writable'}")
-
-
-class _NullSink:
-    """`check` builds a Collector only to resolve MQTT credentials: nothing is written."""
-
-    def submit(self, points: list[Any]) -> None:
-        return None
-
-    def close(self, timeout: float) -> None:
-        return None
-
-    def stats(self) -> dict[str, Any]:
-        return {}
-
-    def stuck(self) -> bool:
-        return False

@@ -61,8 +61,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Final, Self, cast
+from types import MappingProxyType, TracebackType
+from typing import Final, Self, cast
 
 import structlog
 import urllib3
@@ -73,6 +73,7 @@ from influxdb_client.rest import ApiException
 
 from collector.config import CollectorSection, InfluxSection, Settings
 from collector.points import Point
+from collector.sink import SinkStats
 from collector.sink.spool import Spool, SpoolClosedError, SpoolError, SpoolStats
 
 __all__ = ["ErrorClass", "InfluxWriter", "WriteFailure", "classify", "parse_retry_after"]
@@ -463,39 +464,28 @@ class InfluxWriter:
             )
             return busy and time.monotonic() - self._last_tick > self._stuck_after_s
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> SinkStats:
         """Counters since start (for the collector's own measurement and the health check):
-
-        - ``points_written``, ``batches_written``: successful write requests (a replayed batch counts again);
-        - ``write_errors``: failed requests by :class:`ErrorClass` value (a dict);
-        - ``points_spooled``: points appended to the spool; ``points_replayed``: taken out of it
-          again (written, or set aside as rejected);
-        - ``points_rejected``: points in batches set aside in ``rejected/``;
-        - ``points_dropped``: lost (spool overflow or failure, submit after close);
-        - ``queue_points`` (in memory, also those on their way to the spool); ``spool_depth``
-          (batches), ``spool_points``, ``spool_bytes`` (durable in the spool);
-        - ``last_success_time`` (Unix time or None), ``last_error`` (ErrorClass value, None after a
-          success), ``stuck``.
-        """
+        see :class:`~collector.sink.SinkStats`; ``write_errors`` is keyed by :class:`ErrorClass` value."""
         stuck = self.stuck()
         with self._cond:
             spool = self._final_spool_stats or self._spool_snapshot
-            return {
-                "points_written": self._points_written,
-                "batches_written": self._batches_written,
-                "write_errors": dict(self._write_errors),
-                "points_spooled": self._points_spooled,
-                "points_replayed": self._points_replayed,
-                "points_rejected": self._points_rejected,
-                "points_dropped": self._points_dropped + spool.dropped_points,
-                "queue_points": len(self._queue) + self._outbox_points,
-                "spool_depth": spool.batches,
-                "spool_points": spool.points,
-                "spool_bytes": spool.bytes,
-                "last_success_time": self._last_success_time,
-                "last_error": None if self._last_error is None else self._last_error.value,
-                "stuck": stuck,
-            }
+            return SinkStats(
+                points_written=self._points_written,
+                batches_written=self._batches_written,
+                write_errors=MappingProxyType(dict(self._write_errors)),
+                points_spooled=self._points_spooled,
+                points_replayed=self._points_replayed,
+                points_rejected=self._points_rejected,
+                points_dropped=self._points_dropped + spool.dropped_points,
+                queue_points=len(self._queue) + self._outbox_points,
+                spool_depth=spool.batches,
+                spool_points=spool.points,
+                spool_bytes=spool.bytes,
+                last_success_time=self._last_success_time,
+                last_error=None if self._last_error is None else self._last_error.value,
+                stuck=stuck,
+            )
 
     # ------------------------------------------------------------------ the writer thread
 

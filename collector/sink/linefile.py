@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
-from typing import Any
 
 from collector.points import Point
+from collector.sink import SinkStats
 
 
 class LineFileSink:
@@ -19,6 +19,7 @@ class LineFileSink:
         self._lock = threading.Lock()
         self._file = path.open("a", encoding="utf-8")
         self._points = 0
+        self._batches = 0
 
     def submit(self, points: list[Point]) -> None:
         lines = [point.to_line() for point in points if point.fields]
@@ -28,13 +29,15 @@ class LineFileSink:
             self._file.write("".join(line + "\n" for line in lines))
             self._file.flush()
             self._points += len(lines)
+            self._batches += 1
 
     def close(self, timeout: float) -> None:
         with self._lock:
             self._file.close()
 
-    def stats(self) -> dict[str, Any]:
-        return {"points_written": self._points}
+    def stats(self) -> SinkStats:
+        with self._lock:
+            return SinkStats(points_written=self._points, batches_written=self._batches)
 
     def stuck(self) -> bool:
         return False

@@ -226,6 +226,11 @@ def tls_context(ca_file: Path | None) -> ssl.SSLContext:
 
 
 class MqttSource:
+    """The MQTT source of one account (a :class:`~collector.sources.Source`): delivers each message
+    as ``on_message(sn, kind, payload)`` on paho's network thread."""
+
+    name = "mqtt"
+
     def __init__(
         self,
         client_id: str,
@@ -279,6 +284,22 @@ class MqttSource:
         self._sub_backoff_s = subscribe_retry_initial_s
         self._sub_timer: threading.Timer | None = None
         self.messages: dict[str, int] = {kind.value: 0 for kind in TopicKind}
+        self._problem: str | None = None  # why it is not connected, once known
+
+    def counters(self) -> dict[str, int]:
+        """`messages_<kind>`, `connects`, `auth_failures`, `subscribe_refusals` since start."""
+        return {
+            **{f"messages_{kind}": n for kind, n in self.messages.items()},
+            "connects": self.connects,
+            "auth_failures": self.auth_failures,
+            "subscribe_refusals": self.subscribe_refusals,
+        }
+
+    def problem(self) -> str | None:
+        """None while connected; else the last reason known (refused login, credentials failing)."""
+        if self.connected:
+            return None
+        return self._problem or "not connected yet"
 
     @property
     def account(self) -> str | None:
@@ -290,6 +311,7 @@ class MqttSource:
         try:
             credentials = self._credentials_provider()
         except Exception as exc:  # the provider's HTTP errors
+            self._problem = f"MQTT credentials: {exc}"
             log.error("mqtt.credentials_failed", error=str(exc))
             self._refresh_credentials_later()
             return
@@ -489,6 +511,7 @@ class MqttSource:
             return
         if reason_code.is_failure:
             self.connected = False
+            self._problem = f"the broker {self._host()} refused the login: {reason_code}"
             log.error("mqtt.connect_refused", reason=str(reason_code), host=self._host())
             if str(reason_code) in _AUTH_FAILURES:
                 self.auth_failures += 1
@@ -498,6 +521,7 @@ class MqttSource:
             self._sub_pending.clear()
             self._sub_early.clear()
         self.connected = True
+        self._problem = None
         self.connects += 1
         self._auth_backoff_s = 5.0
         self.connected_at_ms = self._clock_ms()
@@ -520,6 +544,7 @@ class MqttSource:
         was = self.connected
         self.connected = False
         if was and not self._stopping.is_set():
+            self._problem = f"disconnected from {self._host()}: {reason_code}"
             log.warning("mqtt.disconnected", reason=str(reason_code))
             self._recheck_credentials()
 
@@ -541,6 +566,7 @@ class MqttSource:
                         fresh = self._credentials_provider()
                     except Exception as exc:  # the provider's HTTP errors
                         failures += 1
+                        self._problem = f"MQTT credentials: {exc}"
                         if failures == 1:  # once per disconnection; paho keeps retrying meanwhile
                             log.warning("mqtt.credentials_recheck_failed", error=str(exc))
                         continue
@@ -594,6 +620,7 @@ class MqttSource:
                     old = self._use(fresh)
                 self._dispose(old)
             except Exception as exc:  # the provider's HTTP errors
+                self._problem = f"MQTT credentials: {exc}"
                 log.error("mqtt.credentials_refresh_failed", error=str(exc), retry_in_s=self._auth_backoff_s)
             finally:
                 self._refreshing.clear()
