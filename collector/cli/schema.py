@@ -84,7 +84,45 @@ by hand (tests/test_catalog.py checks that it is current). Values are stored as 
 stored unit; `sent` is the unit the device sends. Evidence says why a unit is what it is where the
 product's document is silent or wrong (C = real capture, D = EcoFlow's document, P = public integrations;
 each file's header comment names its sources). Array fields are stored as `key[0]`, `key[1]`, ...
+Products the catalog leaves generic, and why: [the last section](#products-collected-generically).
 """
+
+
+# Products on the account that the catalog leaves generic, and why (hand-written: the reason is evidence,
+# not catalog data). Their keys are written as they arrive, unscaled, under the slug of their product name.
+GENERIC_PRODUCTS: tuple[tuple[str, str, str], ...] = (
+    (
+        "WAVE 3",
+        "`AC71`",
+        "protobuf on the public API: `quota/all` answers code 1006 or code 0 without `data`, and a set "
+        'command answers 1000 "analyse protobuf message failed" (real answers); no JSON key to describe',
+    ),
+    (
+        "Smart Home Panel 2",
+        "—",
+        "only a real `/status` push is on hand and no official Open API document among the public copies; "
+        "a public integration reads a few JSON keys of it (`backupReserveSoc`, `loadIncreInfo`, ...), but "
+        "no real answer shows their units",
+    ),
+    (
+        "WAVE 2, Glacier, PowerOcean",
+        "—",
+        "official Open API documents exist (JSON keys), but no real answer of these products is on hand "
+        "yet to check their units against: not catalogued so far, collected generically",
+    ),
+)
+
+
+def _generic_markdown() -> list[str]:
+    out = ["", "## Products collected generically", ""]
+    out.append(
+        "These products are collected like any unknown product: every numeric key is written as it "
+        "arrives (unscaled) to the measurement named after the product (`WAVE 3` -> `wave_3`), and each "
+        "new key is logged once (`catalog.unknown_key`). No summary, units or sentinels."
+    )
+    out += ["", "| product | serial prefix | why it stays generic |", "|---|---|---|"]
+    out += [f"| {name} | {prefix} | {_cell(reason)} |" for name, prefix, reason in GENERIC_PRODUCTS]
+    return out
 
 
 def _cell(text: object) -> str:
@@ -124,6 +162,7 @@ def products_markdown(catalog: Catalog) -> str:
             unit, sent = spec.unit.stored, spec.unit.symbol
             cells = (f"`{field}`", unit, sent, kind, low_high, sentinels, desc, spec.evidence or "")
             out.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    out += _generic_markdown()
     return "\n".join(out) + "\n"
 
 
