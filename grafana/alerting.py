@@ -292,14 +292,14 @@ def powerstream_outage(product: Product) -> Rule:
 
 def error_code_rules(catalog: Catalog) -> list[Rule]:
     """One rule per error_code field of the catalog: the field's last value in the past hour is not 0
-    (nor a value the catalog documents as normal, NORMAL_CODES)."""
+    (nor a value the catalog documents as normal, NORMAL_CODES). Error codes in arrays or pattern keys
+    (Smart Home Panel: 20 slots of active codes) get none yet: the catalog does not say how many
+    elements there are, so no query could name them all (the product dashboards leave them out too)."""
     rules = []
     for slug, product in sorted(catalog.products.items()):
         for spec in product.all_fields():
-            if spec.kind is not Kind.ERROR_CODE:
+            if spec.kind is not Kind.ERROR_CODE or spec.array or "#" in spec.key:
                 continue
-            if spec.array or "#" in spec.key:
-                raise SystemExit(f"alerting.py: {slug} {spec.key}: error codes in arrays or patterns are new")
             normal = NORMAL_CODES.get((slug, spec.key), ())
             condition = " && ".join(["$B != 0", *(f"$B != {n}" for n in normal)])
             severity = "warning" if "warn" in spec.key.lower() else "critical"

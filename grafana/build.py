@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,26 +32,14 @@ sys.path.insert(0, str(ROOT))
 
 import alerting  # noqa: E402  (grafana/alerting.py: the alerting provisioning files)
 
-from collector.catalog import Product, default_catalog  # noqa: E402
+from collector.catalog import FieldSpec, Kind, Product, default_catalog  # noqa: E402
+from collector.catalog.model import DEFAULT_ROW, DEFAULT_STATE_ROW, ROWS  # noqa: E402
 
 DASHBOARDS = ROOT / "dashboards"
 SCHEMA_VERSION = 42  # dashboard JSON schema version of Grafana 12.4 (@grafana/schema defaultDashboard)
 DATASOURCE_UID = "ecoflow-influxdb"  # provisioning/datasources/influxdb.yaml
 DS = {"type": "influxdb", "uid": "${datasource}"}
 
-# stored unit (docs/schema.md, `ecoflow-collector schema`) -> Grafana unit id
-GRAFANA_UNITS: dict[str, str] = {
-    "W": "watt",
-    "V": "volt",
-    "A": "amp",
-    "%": "percent",
-    "°C": "celsius",
-    "Hz": "hertz",
-    "s": "s",
-    "Wh": "watth",
-    "Ah": "amph",
-    "dBm": "dBm",
-}
 KWH = "kwatth"
 # Seconds may also be shown as a duration (d hh:mm:ss) where that reads better.
 UNIT_ALIASES = {"s": {"s", "dtdurations"}}
@@ -469,6 +459,31 @@ def row(title: str) -> dict[str, Any]:
     return {"type": "row", "title": title, "collapsed": False, "panels": [], "_size": (24, 1)}
 
 
+def today_stat(
+    title: str, description: str, panel_targets: list[dict[str, Any]], **kwargs: Any
+) -> dict[str, Any]:
+    """kWh since the browser's midnight (the panel's own time range: today)."""
+    return stat(
+        title,
+        description,
+        panel_targets,
+        KWH,
+        graph=False,
+        decimals=2,
+        timeFrom="now/d",
+        hideTimeOverride=True,
+        **kwargs,
+    )
+
+
+def energy_bars(
+    title: str, description: str, panel_targets: list[dict[str, Any]], **kwargs: Any
+) -> dict[str, Any]:
+    """kWh per period as bars, with the sum and mean in the legend."""
+    kwargs.setdefault("calcs", ("sum", "mean"))
+    return timeseries(title, description, panel_targets, KWH, bars=True, **kwargs)
+
+
 # ------------------------------------------------------------------------------------- dashboard
 def layout(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Give each panel an id and a gridPos: left to right, a new line when the width is used up;
@@ -637,28 +652,406 @@ TEMP_STEPS = thresholds((None, BLUE), (5, GREEN), (45, ORANGE), (60, RED))
 ERROR_STEPS = thresholds((None, GREEN), (1, RED))
 
 
-def labels(product: Product, key: str) -> dict[str, str]:
+# ------------------------------------------------------------------------------------- products
+# Every catalog product gets a dashboard `ecoflow-<slug>` (the fleet table links there), made from its
+# catalog file: the summary makes the header (state of charge gauge; solar, input, output and battery
+# power now, with the summary's signs) and the energy panels (the collector's counters of the flows the
+# summary has); the fields' dashboard hints (`panel`, `row`, `label`; `[dashboard]`) make the rows of
+# graphs and state timelines; without hints, defaults from kind, unit and key (catalog_panels); every
+# error_code field goes into the error table. PRODUCT_EXTRAS adds what a catalog file cannot say.
+FLOW_LABELS = {
+    "pv_input_w": ("pv_input_wh", "solar"),
+    "input_w": ("input_wh", "input"),
+    "output_w": ("output_wh", "output"),
+}
+STATE_COLORS = (GREEN, BLUE, YELLOW, ORANGE, RED, PURPLE)
+DASHED = {
+    "custom__lineStyle": {"fill": "dash", "dash": [10, 10]},
+    "custom__fillOpacity": 0,
+    "custom__lineInterpolation": "stepAfter",
+}
+QUANTITY_ROWS = {"power": "Power", "temperature": "Temperatures", "ratio": "Battery"}
+
+
+@dataclass(frozen=True)
+class Column:
+    """One series of a product panel: a catalog key, its name in the legend, and `* -1` where the
+    summary counts the field with the opposite sign (PowerStream batInputWatts: battery_w = -it)."""
+
+    key: str
+    label: str
+    negate: bool = False
+
+    def select(self, agg: str) -> str:
+        return f'{agg}("{self.key}"){" * -1" if self.negate else ""} AS "{self.label}"'
+
+
+@dataclass
+class PanelPlan:
+    """A panel the catalog asks for: graph (measurements; settings in it drawn as dashed steps) or
+    state timeline (enums and settings only)."""
+
+    title: str
+    row: str
+    unit: str
+    specs: list[FieldSpec]
+    stack: bool = False
+    description: str | None = None
+    order: int = 0
+
+    @property
+    def state(self) -> bool:
+        return all(s.kind in (Kind.ENUM, Kind.SETTING) for s in self.specs)
+
+
+@dataclass(frozen=True)
+class ExtraStat:
+    """A stat panel over catalog keys that no summary field gives (PRODUCT_EXTRAS); `unit` is the
+    Grafana unit of the keys' stored unit unless another display of it is named (UNIT_ALIASES)."""
+
+    title: str
+    description: str
+    columns: tuple[tuple[str, str], ...]
+    unit: str | None = None
+    energy_row: bool = False  # in the Energy row (full width) instead of the header
+
+
+@dataclass(frozen=True)
+class ProductExtras:
+    gauge: tuple[tuple[str, str], ...] = ()  # more state-of-charge series in the gauge
+    stats: tuple[ExtraStat, ...] = ()
+
+
+PRODUCT_EXTRAS: dict[str, ProductExtras] = {
+    "powerstream": ProductExtras(
+        stats=(
+            ExtraStat(
+                "Custom load",
+                "The base load the inverter always supplies (setting permanentWatts)",
+                (("20_1.permanentWatts", "custom load"),),
+            ),
+        )
+    ),
+    "delta_pro": ProductExtras(
+        gauge=(("bmsMaster.f32ShowSoc", "BMS"),),
+        stats=(
+            ExtraStat(
+                "Remaining time",
+                "Time to full while charging, to empty while discharging (shown only when the device "
+                "reports one)",
+                (("ems.chgRemainTime", "to full"), ("ems.dsgRemainTime", "to empty")),
+                unit="dtdurations",
+            ),
+            ExtraStat(
+                "Lifetime energy",
+                "The device's cumulative energy counters",
+                (
+                    ("pd.chgSunPower", "charged from solar"),
+                    ("pd.chgPowerAc", "charged from AC"),
+                    ("pd.chgPowerDc", "charged from DC adapter"),
+                    ("pd.dsgPowerAc", "discharged via AC"),
+                    ("pd.dsgPowerDc", "discharged via DC"),
+                ),
+                energy_row=True,
+            ),
+        ),
+    ),
+}
+
+
+def spec_of(product: Product, key: str) -> FieldSpec:
     spec = product.lookup(key)
-    if spec is None or not spec.values:
-        raise SystemExit(f"build.py: {product.slug} {key}: no enum labels in the catalog")
-    return spec.values
+    if spec is None:
+        raise SystemExit(f"build.py: {product.slug} has no field {key!r} in the catalog")
+    return spec
 
 
-def error_table(product: Product, measurement: str, columns: Sequence[tuple[str, str]]) -> dict[str, Any]:
-    for key, _label in columns:
-        spec = product.lookup(key)
-        if spec is None or spec.kind.value != "error_code":
-            raise SystemExit(f"build.py: {key} is not an error_code field of {product.slug}")
+def default_label(key: str) -> str:
+    return key.rsplit(".", 1)[-1]
+
+
+def group_title(prefix: str, what: str) -> str:
+    return f"{prefix}: {what}" if prefix else what[:1].upper() + what[1:]
+
+
+def negated_keys(product: Product) -> set[str]:
+    """Keys a summary field takes alone and negated: the panels show them with the summary's sign."""
+    return {terms[0][0] for terms in product.summary.values() if len(terms) == 1 and terms[0][1] < 0}
+
+
+def plotted(spec: FieldSpec) -> bool:
+    return not spec.array and "#" not in spec.key
+
+
+def hinted_panels(product: Product) -> list[PanelPlan]:
+    plans: dict[str, PanelPlan] = {}
+    for spec in product.all_fields():
+        for title in spec.panels:
+            plan = plans.setdefault(title, PanelPlan(title, "", spec.unit.grafana, []))
+            plan.specs.append(spec)
+            if spec.row is not None:
+                plan.row = spec.row
+    for title, plan in plans.items():
+        options = product.dashboard.panels.get(title)
+        if options is not None:
+            plan.row = options.row or plan.row
+            plan.stack, plan.description, plan.order = options.stack, options.description, options.order
+        plan.row = plan.row or (DEFAULT_STATE_ROW if plan.state else DEFAULT_ROW)
+    return list(plans.values())
+
+
+def default_panels(product: Product) -> list[PanelPlan]:
+    """A product file without panel hints: measurements with a unit by [[groups]] entry and quantity
+    (a graph each), settings by group, unit and labels (a state timeline each); not arrays, pattern
+    keys, counters (lifetime totals: the energy panels show what the collector counts) or hidden
+    fields."""
+    plans: dict[tuple[str, ...], PanelPlan] = {}
+    for spec in product.all_fields():
+        if not plotted(spec) or spec.hide or (spec.unit.grafana == "none" and spec.kind is not Kind.SETTING):
+            continue
+        prefix, unit = spec.group, spec.unit
+        if spec.kind is Kind.MEASUREMENT:
+            group: tuple[str, ...] = (prefix, unit.quantity)
+            title, row_title = group_title(prefix, unit.quantity), QUANTITY_ROWS.get(unit.quantity)
+        elif spec.kind is Kind.SETTING:
+            labels = " / ".join(spec.values.values())
+            detail = labels or unit.stored
+            group = (prefix, "setting", unit.grafana, labels)
+            title = group_title(prefix, "settings" + (f" ({detail})" if detail else ""))
+            row_title = DEFAULT_STATE_ROW
+        else:
+            continue
+        plan = plans.setdefault(group, PanelPlan(title, row_title or DEFAULT_ROW, unit.grafana, []))
+        plan.specs.append(spec)
+    return list(plans.values())
+
+
+def catalog_panels(product: Product) -> list[tuple[str, list[PanelPlan]]]:
+    """The product's panels by row, rows in the order `[dashboard] rows` then ROWS give; panels by
+    `order`, then in the order the file names them."""
+    hinted = any(spec.panels for spec in product.all_fields())
+    plans = hinted_panels(product) if hinted else default_panels(product)
+    order = [*product.dashboard.rows, *(r for r in ROWS if r not in product.dashboard.rows)]
+    rows = []
+    for title in order:
+        members = sorted((p for p in plans if p.row == title), key=lambda p: p.order)
+        if members:
+            rows.append((title, members))
+    return rows
+
+
+def columns_of(product: Product, specs: Sequence[FieldSpec]) -> list[Column]:
+    negated = negated_keys(product)
+    labels = [spec.label or default_label(spec.key) for spec in specs]
+    if len(set(labels)) < len(labels):  # two keys end alike: name them in full
+        labels = [spec.label or spec.key for spec in specs]
+    return [Column(s.key, label, s.key in negated) for s, label in zip(specs, labels, strict=True)]
+
+
+def regex_escape(text: str) -> str:
+    """Escaped for a JavaScript regex (a field override's byRegexp), as Grafana's escapeRegex does."""
+    return re.sub(r"[\\^$*+?.()|[\]{}/]", lambda m: "\\" + m.group(0), text)
+
+
+def select_series(measurement: str, columns: Sequence[Column], *, where: str, last: bool = False) -> str:
+    """Per device and $__interval: the mean of measurements, or the last value held (settings)."""
+    agg, fill = ("last", "previous") if last else ("mean", "null")
+    select = ", ".join(c.select(agg) for c in columns)
+    return q(
+        f"""SELECT {select} FROM "{measurement}" WHERE $timeFilter AND {where}
+        GROUP BY time($__interval), "name" fill({fill})"""
+    )
+
+
+def describe(plan: PanelPlan, columns: Sequence[Column]) -> str:
+    if plan.description:
+        return plan.description
+    parts = []
+    for spec, column in zip(plan.specs, columns, strict=True):
+        sign = ", shown negated as in the summary" if column.negate else ""
+        step = (
+            " (a setting: dashed, its last value held)"
+            if spec.kind is Kind.SETTING and not plan.state
+            else ""
+        )
+        parts.append(f"{column.label}: {spec.desc} ({spec.key}{sign}){step}")
+    return "; ".join(parts)
+
+
+def state_mappings(specs: Sequence[FieldSpec]) -> list[dict[str, Any]] | None:
+    labels: dict[str, str] = {}
+    for spec in specs:
+        for value, text in spec.values.items():
+            labels.setdefault(value, text)
+    if not labels:
+        return None
+    ordered = sorted(labels, key=float)
+    colors = {value: STATE_COLORS[i % len(STATE_COLORS)] for i, value in enumerate(ordered)}
+    return value_mappings(labels, colors)
+
+
+def plan_panel(product: Product, plan: PanelPlan, width: int) -> dict[str, Any]:
+    m, dev = product.slug, device_filter()
+    columns = columns_of(product, plan.specs)
+    description = describe(plan, columns)
+    unit = None if plan.unit == "none" else plan.unit
+    if plan.state:
+        mappings = state_mappings(plan.specs)
+        return state_timeline(
+            plan.title,
+            description,
+            targets(select_series(m, columns, where=dev, last=True)),
+            unit=unit,
+            mappings=mappings,
+            steps=NEUTRAL if mappings else thresholds((None, BLUE)),
+            size=(width, 6),
+        )
+    held = [c for s, c in zip(plan.specs, columns, strict=True) if s.kind is Kind.SETTING]
+    measured = [c for c in columns if c not in held]
+    queries = [select_series(m, measured, where=dev)]
+    overrides = []
+    if held:
+        queries.append(select_series(m, held, where=dev, last=True))
+        names = "|".join(regex_escape(c.label) for c in held)
+        overrides.append(override("byRegexp", f"/ ({names})$/", **DASHED))
+    signed = any(c.negate for c in columns) or any((s.range or (0, 0))[0] < 0 for s in plan.specs)
+    percent = plan.unit == "percent" and all(s.range == (0, 100) for s in plan.specs)
+    return timeseries(
+        plan.title,
+        description,
+        targets(*queries),
+        plan.unit,
+        stack=plan.stack,
+        soft_min=None if signed or percent else 0,
+        minmax=(0, 100) if percent else None,
+        size=(width, 8),
+        overrides=overrides,
+    )
+
+
+def widths(count: int) -> list[int]:
+    """Up to three panels a line; the last line's panels share its width."""
+    out = []
+    for start in range(0, count, 3):
+        line = min(3, count - start)
+        out += [24 // line] * line
+    return out
+
+
+def summary_expression(terms: Sequence[tuple[str, float]]) -> str:
+    """`last("a") - last("b")` of a summary field's terms (a leading minus as `* -1`)."""
+    text = ""
+    for index, (key, sign) in enumerate(terms):
+        if index == 0:
+            text = f'last("{key}")' + (" * -1" if sign < 0 else "")
+        else:
+            text += f' {"-" if sign < 0 else "+"} last("{key}")'
+    return text
+
+
+def summary_stat(product: Product, name: str, title: str, label: str, description: str) -> dict[str, Any]:
+    terms = product.summary[name]
+    formula = " ".join(f"{'-' if sign < 0 else '+'} {key}" for key, sign in terms).removeprefix("+ ")
+    query = q(
+        f'SELECT {summary_expression(terms)} AS "{label}" FROM "{product.slug}" '
+        f'WHERE $timeFilter AND {device_filter()} GROUP BY "name"'
+    )
+    steps = thresholds((None, ORANGE), (0, GREEN)) if name == "battery_w" else NEUTRAL
+    return stat(
+        title, f"{description} ({formula}; the catalog's summary {name})", targets(query), "watt", steps=steps
+    )
+
+
+def product_flows(product: Product) -> list[tuple[str, str]]:
+    """The energy counters the collector keeps for the product, one per summary power it has (input
+    not where it is the solar input under another name: PowerStream)."""
+    summary = product.summary
+    flows = [FLOW_LABELS[name] for name in FLOW_LABELS if name in summary]
+    if "input_w" in summary and summary["input_w"] == summary.get("pv_input_w"):  # all input is solar
+        flows.remove(FLOW_LABELS["input_w"])
+    if "battery_w" in product.summary:
+        flows += [("battery_charge_wh", "battery charge"), ("battery_discharge_wh", "battery discharge")]
+    return flows
+
+
+def extra_stat(product: Product, extra: ExtraStat, size: tuple[int, int]) -> dict[str, Any]:
+    units = {spec_of(product, key).unit for key, _label in extra.columns}
+    (stored,) = units  # one unit a stat
+    unit = extra.unit or stored.grafana
+    if unit not in UNIT_ALIASES.get(stored.stored, {stored.grafana}):
+        raise SystemExit(f"build.py: {product.slug} {extra.title}: {unit} does not show {stored.stored}")
+    query = latest(product.slug, extra.columns, where=device_filter())
+    return stat(
+        extra.title,
+        extra.description,
+        targets(query),
+        unit,
+        graph=False,
+        size=size,
+        color_mode="none" if extra.energy_row else "value",
+    )
+
+
+def header(product: Product, extras: ProductExtras) -> list[dict[str, Any]]:
+    items = []
+    if "soc_percent" in product.summary:
+        columns = [
+            (key, spec_of(product, key).label or "SoC") for key, _sign in product.summary["soc_percent"]
+        ]
+        columns += [(key, label) for key, label in extras.gauge if spec_of(product, key)]
+        keys = ", ".join(key for key, _label in columns)
+        items.append(
+            gauge(
+                "State of charge",
+                f"Battery state of charge ({keys}; the first is the catalog's summary soc_percent)",
+                targets(latest(product.slug, columns, where=device_filter())),
+                "percent",
+                steps=SOC_STEPS,
+            )
+        )
+    now = (
+        ("pv_input_w", "Solar now", "solar", "Solar input power"),
+        ("input_w", "Input now", "input", "Total input power, all sources"),
+        ("output_w", "Output now", "output", "Total output power, all ports"),
+        ("battery_w", "Battery now", "battery", "Battery power: positive = charging, negative = discharging"),
+    )
+    for name, title, label, description in now:
+        duplicate = name == "input_w" and product.summary.get(name) == product.summary.get("pv_input_w")
+        if name in product.summary and not duplicate:
+            items.append(summary_stat(product, name, title, label, description))
+    items += [extra_stat(product, extra, (4, 5)) for extra in extras.stats if not extra.energy_row]
+    flows = [flow for flow in product_flows(product) if not flow[0].startswith("battery_")]
+    if flows:
+        items.append(
+            today_stat(
+                "Energy today",
+                "Energy since midnight (browser time) from the collector's energy counters (ecoflow_energy: "
+                + ", ".join(field for field, _label in flows)
+                + ")",
+                targets(counter_energy(ENERGY, flows, where=device_filter(), bucket=None)),
+                size=(4, 5),
+            )
+        )
+    return items
+
+
+def error_table(product: Product) -> dict[str, Any] | None:
+    """Every report with a non-zero value in any error_code field of the product."""
+    specs = [s for s in product.all_fields() if s.kind is Kind.ERROR_CODE and plotted(s)]
+    if not specs:
+        return None
+    columns = [(s.key, s.label or default_label(s.key)) for s in specs]
     select = ", ".join(f'"{key}" AS "{label}"' for key, label in columns)
     nonzero = " OR ".join(f'"{key}" <> 0' for key, _label in columns)
     query = q(
-        f"""SELECT {select} FROM "{measurement}" WHERE $timeFilter AND {device_filter()} AND ({nonzero})
+        f"""SELECT {select} FROM "{product.slug}" WHERE $timeFilter AND {device_filter()} AND ({nonzero})
         GROUP BY "name" ORDER BY time DESC LIMIT 500"""
     )
     return table(
         "Error and warning codes",
         "Every report in the time range with a non-zero error or warning code (0 = none, shown as "
-        "a dash). The numbers are the device's own codes; EcoFlow documents no meanings for most.",
+        "a dash) in the catalog's error_code fields. The numbers are the device's own codes; EcoFlow "
+        "documents no meanings for most.",
         targets(query, table=True),
         size=(24, 7),
         defaults={
@@ -679,562 +1072,41 @@ def error_table(product: Product, measurement: str, columns: Sequence[tuple[str,
     )
 
 
-# ------------------------------------------------------------------------------------- PowerStream
-def powerstream(product: Product) -> dict[str, Any]:
-    m = "powerstream"
-    k = "20_1."
-    dev = device_filter()
-    items = [
-        gauge(
-            "Battery",
-            "State of charge of the battery on the PowerStream's battery port (20_1.batSoc)",
-            targets(latest(m, [(f"{k}batSoc", "SoC")], where=dev)),
-            "percent",
-            steps=SOC_STEPS,
-        ),
-        stat(
-            "Solar now",
-            "PV1 + PV2 input power",
-            targets(
-                q(
-                    f'SELECT last("{k}pv1InputWatts") + last("{k}pv2InputWatts") AS "PV" FROM "{m}" '
-                    f'WHERE $timeFilter AND {dev} GROUP BY "name"'
-                )
-            ),
-            "watt",
-        ),
-        stat(
-            "AC output now",
-            "Inverter AC output power (to the house and the grid)",
-            targets(latest(m, [(f"{k}invOutputWatts", "AC out")], where=dev)),
-            "watt",
-        ),
-        stat(
-            "Battery now",
-            "Battery port power: positive = charging, negative = discharging",
-            targets(latest(m, [(f"{k}batInputWatts", "battery")], where=dev, scale=" * -1")),
-            "watt",
-            steps=thresholds((None, ORANGE), (0, GREEN)),
-        ),
-        stat(
-            "Custom load",
-            "The base load the inverter always supplies (setting permanentWatts)",
-            targets(latest(m, [(f"{k}permanentWatts", "custom load")], where=dev)),
-            "watt",
-            graph=False,
-        ),
-        stat(
-            "Energy today",
-            "Solar (PV1 + PV2) and AC output energy since midnight (browser time), from the collector's "
-            "energy counters (ecoflow_energy pv_input_wh, output_wh)",
-            targets(
-                counter_energy(
-                    ENERGY,
-                    [("pv_input_wh", "solar"), ("output_wh", "AC out")],
-                    where=dev,
-                    bucket=None,
-                )
-            ),
-            KWH,
-            graph=False,
-            decimals=2,
-            timeFrom="now/d",
-            hideTimeOverride=True,
-        ),
-        row("Solar input"),
-        timeseries(
-            "PV power",
-            "Input power of the two PV ports",
-            targets(series(m, [(f"{k}pv1InputWatts", "PV1"), (f"{k}pv2InputWatts", "PV2")], where=dev)),
-            "watt",
-            soft_min=0,
-            size=(8, 8),
-        ),
-        timeseries(
-            "PV voltage",
-            "Input voltage of the two PV ports",
-            targets(series(m, [(f"{k}pv1InputVolt", "PV1"), (f"{k}pv2InputVolt", "PV2")], where=dev)),
-            "volt",
-            soft_min=0,
-            size=(8, 8),
-        ),
-        timeseries(
-            "PV current",
-            "Input current of the two PV ports",
-            targets(series(m, [(f"{k}pv1InputCur", "PV1"), (f"{k}pv2InputCur", "PV2")], where=dev)),
-            "amp",
-            soft_min=0,
-            size=(8, 8),
-        ),
-        row("Inverter"),
-        timeseries(
-            "AC output vs custom load",
-            "Inverter AC output power and the custom load setting (permanentWatts, dashed): output "
-            "above it is smart-plug demand or solar surplus",
-            targets(
-                series(m, [(f"{k}invOutputWatts", "AC output")], where=dev),
-                series(m, [(f"{k}permanentWatts", "custom load")], where=dev, agg="last", fill="previous"),
-            ),
-            "watt",
-            soft_min=0,
-            overrides=[
-                override(
-                    "byRegexp",
-                    "/custom load$/",
-                    custom__lineStyle={"fill": "dash", "dash": [10, 10]},
-                    custom__fillOpacity=0,
-                    custom__lineInterpolation="stepAfter",
-                )
-            ],
-        ),
-        timeseries(
-            "Grid frequency",
-            "AC frequency at the inverter output",
-            targets(series(m, [(f"{k}invFreq", "frequency")], where=dev)),
-            "hertz",
-            size=(6, 8),
-        ),
-        timeseries(
-            "Grid voltage",
-            "AC voltage at the inverter output",
-            targets(series(m, [(f"{k}invOpVolt", "voltage")], where=dev)),
-            "volt",
-            size=(6, 8),
-        ),
-        row("Battery"),
-        timeseries(
-            "State of charge and limits",
-            "Battery state of charge with the charge limit (upperLimit) and discharge limit "
-            "(lowerLimit) settings, dashed",
-            targets(
-                series(m, [(f"{k}batSoc", "SoC")], where=dev),
-                series(
-                    m,
-                    [(f"{k}upperLimit", "charge limit"), (f"{k}lowerLimit", "discharge limit")],
-                    where=dev,
-                    agg="last",
-                    fill="previous",
-                ),
-            ),
-            "percent",
-            minmax=(0, 100),
-            size=(8, 8),
-            overrides=[
-                override(
-                    "byRegexp",
-                    "/limit$/",
-                    custom__lineStyle={"fill": "dash", "dash": [10, 10]},
-                    custom__fillOpacity=0,
-                    custom__lineInterpolation="stepAfter",
-                )
-            ],
-        ),
-        timeseries(
-            "Battery power",
-            "Battery port power: positive = charging, negative = discharging",
-            targets(series(m, [(f"{k}batInputWatts", "battery")], where=dev, scale=" * -1")),
-            "watt",
-            size=(8, 8),
-        ),
-        timeseries(
-            "Temperatures",
-            "Battery, LLC converter and PV converter temperatures",
-            targets(
-                series(
-                    m,
-                    [
-                        (f"{k}batTemp", "battery"),
-                        (f"{k}llcTemp", "LLC"),
-                        (f"{k}pv1Temp", "PV1"),
-                        (f"{k}pv2Temp", "PV2"),
-                    ],
-                    where=dev,
-                )
-            ),
-            "celsius",
-            size=(8, 8),
-        ),
-        row("Settings"),
-        state_timeline(
-            "Supply priority",
-            "Power supply priority setting: supply the house first, or store in the battery first",
-            targets(
-                series(m, [(f"{k}supplyPriority", "supply priority")], where=dev, agg="last", fill="previous")
-            ),
-            mappings=value_mappings(labels(product, f"{k}supplyPriority"), {"0": GREEN, "1": BLUE}),
-            steps=NEUTRAL,
-            size=(8, 6),
-        ),
-        state_timeline(
-            "Charge and discharge limits",
-            "Battery charge limit (upperLimit) and discharge limit (lowerLimit) settings",
-            targets(
-                series(
-                    m,
-                    [(f"{k}upperLimit", "charge limit"), (f"{k}lowerLimit", "discharge limit")],
-                    where=dev,
-                    agg="last",
-                    fill="previous",
-                )
-            ),
-            unit="percent",
-            steps=thresholds((None, BLUE)),
-            size=(16, 6),
-        ),
-        row("Errors"),
-        error_table(
-            product,
-            m,
-            [
-                (f"{k}invErrCode", "inverter error"),
-                (f"{k}invWarnCode", "inverter warning"),
-                (f"{k}llcErrCode", "LLC error"),
-                (f"{k}llcWarningCode", "LLC warning"),
-                (f"{k}batErrCode", "battery error"),
-                (f"{k}batWarningCode", "battery warning"),
-                (f"{k}pv1ErrCode", "PV1 error"),
-                (f"{k}pv1WarnCode", "PV1 warning"),
-                (f"{k}pv2ErrCode", "PV2 error"),
-                (f"{k}pv2WarningCode", "PV2 warning"),
-                (f"{k}wirelessErrCode", "wireless error"),
-                (f"{k}wirelessWarnCode", "wireless warning"),
-            ],
-        ),
-        row("Energy"),
-        timeseries(
-            "Energy per day",
-            "Solar energy (PV1 + PV2), AC output, battery charge and discharge per day, from the "
-            "collector's energy counters (ecoflow_energy); days start at midnight in the 'Day boundary' "
-            "time zone",
-            targets(
-                counter_energy(
-                    ENERGY,
-                    [
-                        ("pv_input_wh", "solar"),
-                        ("output_wh", "AC out"),
-                        ("battery_charge_wh", "battery charge"),
-                        ("battery_discharge_wh", "battery discharge"),
-                    ],
-                    where=dev,
-                    bucket="1d",
-                )
-            ),
-            KWH,
-            bars=True,
-            calcs=("sum", "mean"),
-            size=(24, 8),
-            timeFrom="7d",
-        ),
-    ]
-    return dashboard(
-        "ecoflow-powerstream",
-        "EcoFlow PowerStream",
-        "PowerStream micro-inverter: solar input, AC output, battery, settings, errors, energy",
-        ["powerstream"],
-        [*device_variables(m), TZ_VARIABLE],
-        items,
+def product_dashboard(product: Product) -> dict[str, Any]:
+    extras = PRODUCT_EXTRAS.get(product.slug, ProductExtras())
+    items = header(product, extras)
+    sections = catalog_panels(product)
+    for title, plans in sections:
+        items.append(row(title))
+        items += [plan_panel(product, plan, w) for plan, w in zip(plans, widths(len(plans)), strict=True)]
+    errors = error_table(product)
+    if errors is not None:
+        items += [row("Errors"), errors]
+    flows = product_flows(product)
+    energy = [extra_stat(product, extra, (24, 4)) for extra in extras.stats if extra.energy_row]
+    if flows:
+        energy.append(
+            energy_bars(
+                "Energy per day",
+                "Energy per day from the collector's energy counters (ecoflow_energy: "
+                + ", ".join(field for field, _label in flows)
+                + "); days start at midnight in the 'Day boundary' time zone",
+                targets(counter_energy(ENERGY, flows, where=device_filter(), bucket="1d")),
+                size=(24, 8),
+                timeFrom="7d",
+            )
+        )
+    if energy:
+        items += [row("Energy"), *energy]
+    parts = (
+        [t.lower() for t, _p in sections] + (["errors"] if errors else []) + (["energy"] if energy else [])
     )
-
-
-# ------------------------------------------------------------------------------------- Delta Pro
-def delta_pro(product: Product) -> dict[str, Any]:
-    m = "delta_pro"
-    dev = device_filter()
-    usb = [
-        ("pd.usb1Watts", "USB-A 1"),
-        ("pd.usb2Watts", "USB-A 2"),
-        ("pd.qcUsb1Watts", "USB-A fast 1"),
-        ("pd.qcUsb2Watts", "USB-A fast 2"),
-        ("pd.typec1Watts", "USB-C 1"),
-        ("pd.typec2Watts", "USB-C 2"),
-    ]
-    items = [
-        gauge(
-            "State of charge",
-            "LCD: the combined SoC of all packs the display shows "
-            "(ems.f32LcdShowSoc); BMS: the main pack's own SoC (bmsMaster.f32ShowSoc)",
-            targets(latest(m, [("ems.f32LcdShowSoc", "LCD"), ("bmsMaster.f32ShowSoc", "BMS")], where=dev)),
-            "percent",
-            steps=SOC_STEPS,
-            size=(6, 5),
-        ),
-        stat(
-            "Input now",
-            "Total input power, all sources (pd.wattsInSum)",
-            targets(latest(m, [("pd.wattsInSum", "in")], where=dev)),
-            "watt",
-        ),
-        stat(
-            "Output now",
-            "Total output power, all ports (pd.wattsOutSum)",
-            targets(latest(m, [("pd.wattsOutSum", "out")], where=dev)),
-            "watt",
-        ),
-        stat(
-            "Remaining time",
-            "Time to full while charging, to empty while discharging (shown only when "
-            "the device reports one)",
-            targets(
-                latest(m, [("ems.chgRemainTime", "to full"), ("ems.dsgRemainTime", "to empty")], where=dev)
-            ),
-            "dtdurations",
-            graph=False,
-            size=(5, 5),
-        ),
-        stat(
-            "Energy today",
-            "Solar input, all input (solar, AC, car) and all output since midnight (browser time), "
-            "from the collector's energy counters (ecoflow_energy)",
-            targets(
-                counter_energy(
-                    ENERGY,
-                    [("pv_input_wh", "solar in"), ("input_wh", "input"), ("output_wh", "output")],
-                    where=dev,
-                    bucket=None,
-                )
-            ),
-            KWH,
-            graph=False,
-            decimals=2,
-            timeFrom="now/d",
-            hideTimeOverride=True,
-            size=(5, 5),
-        ),
-        row("Power"),
-        timeseries(
-            "Total input and output",
-            "Total input (pd.wattsInSum) and output (pd.wattsOutSum) power",
-            targets(series(m, [("pd.wattsInSum", "input"), ("pd.wattsOutSum", "output")], where=dev)),
-            "watt",
-            soft_min=0,
-            size=(8, 9),
-        ),
-        timeseries(
-            "Input by source",
-            "Charging power by source: AC (inverter) and solar/car (XT60 MPPT)",
-            targets(series(m, [("inv.inputWatts", "AC"), ("mppt.inWatts", "solar")], where=dev)),
-            "watt",
-            stack=True,
-            soft_min=0,
-            size=(8, 9),
-        ),
-        timeseries(
-            "Output by port",
-            "Output power by port: AC, car, 12 V DC, USB-A, USB-A fast charge, USB-C",
-            targets(
-                series(
-                    m,
-                    [
-                        ("inv.outputWatts", "AC"),
-                        ("pd.carWatts", "car"),
-                        ("mppt.dcdc12vWatts", "12 V DC"),
-                        *usb,
-                    ],
-                    where=dev,
-                )
-            ),
-            "watt",
-            stack=True,
-            soft_min=0,
-            size=(8, 9),
-        ),
-        row("Battery"),
-        timeseries(
-            "Cell voltage",
-            "Highest and lowest cell voltage of the main pack",
-            targets(
-                series(
-                    m, [("bmsMaster.maxCellVol", "max cell"), ("bmsMaster.minCellVol", "min cell")], where=dev
-                )
-            ),
-            "volt",
-            size=(8, 8),
-        ),
-        timeseries(
-            "Temperatures",
-            "Main pack cell and MOSFET temperatures, inverter and MPPT temperatures",
-            targets(
-                series(
-                    m,
-                    [
-                        ("bmsMaster.maxCellTemp", "cell max"),
-                        ("bmsMaster.minCellTemp", "cell min"),
-                        ("bmsMaster.maxMosTemp", "MOSFET max"),
-                        ("inv.outTemp", "inverter"),
-                        ("mppt.mpptTemp", "MPPT"),
-                    ],
-                    where=dev,
-                )
-            ),
-            "celsius",
-            size=(8, 8),
-        ),
-        timeseries(
-            "State of charge",
-            "LCD (all packs) and BMS (main pack) state of charge, with the charge "
-            "and discharge limits dashed",
-            targets(
-                series(m, [("ems.f32LcdShowSoc", "LCD"), ("bmsMaster.f32ShowSoc", "BMS")], where=dev),
-                series(
-                    m,
-                    [("ems.maxChargeSoc", "charge limit"), ("ems.minDsgSoc", "discharge limit")],
-                    where=dev,
-                    agg="last",
-                    fill="previous",
-                ),
-            ),
-            "percent",
-            minmax=(0, 100),
-            size=(8, 8),
-            overrides=[
-                override(
-                    "byRegexp",
-                    "/limit$/",
-                    custom__lineStyle={"fill": "dash", "dash": [10, 10]},
-                    custom__fillOpacity=0,
-                    custom__lineInterpolation="stepAfter",
-                )
-            ],
-        ),
-        row("Inverter"),
-        timeseries(
-            "Inverter power",
-            "AC charging power (inverter input) and AC output power",
-            targets(series(m, [("inv.inputWatts", "AC in"), ("inv.outputWatts", "AC out")], where=dev)),
-            "watt",
-            soft_min=0,
-            size=(8, 8),
-        ),
-        timeseries(
-            "Inverter voltage",
-            "AC input voltage and inverter output voltage",
-            targets(series(m, [("inv.acInVol", "AC in"), ("inv.invOutVol", "AC out")], where=dev)),
-            "volt",
-            size=(8, 8),
-        ),
-        timeseries(
-            "Inverter frequency",
-            "AC input and inverter output frequency",
-            targets(series(m, [("inv.acInFreq", "AC in"), ("inv.invOutFreq", "AC out")], where=dev)),
-            "hertz",
-            size=(8, 8),
-        ),
-        row("Settings and state"),
-        state_timeline(
-            "Charge and discharge limits",
-            "Charge limit (ems.maxChargeSoc) and discharge limit (ems.minDsgSoc) settings",
-            targets(
-                series(
-                    m,
-                    [("ems.maxChargeSoc", "charge limit"), ("ems.minDsgSoc", "discharge limit")],
-                    where=dev,
-                    agg="last",
-                    fill="previous",
-                )
-            ),
-            unit="percent",
-            steps=thresholds((None, BLUE)),
-            size=(8, 6),
-        ),
-        state_timeline(
-            "AC charging power setting",
-            "The AC charging power the user set (inv.cfgSlowChgWatts)",
-            targets(
-                series(m, [("inv.cfgSlowChgWatts", "AC charging")], where=dev, agg="last", fill="previous")
-            ),
-            unit="watt",
-            steps=thresholds((None, PURPLE)),
-            size=(8, 6),
-        ),
-        state_timeline(
-            "Fan",
-            "Inverter fan state",
-            targets(series(m, [("inv.fanState", "fan")], where=dev, agg="last", fill="previous")),
-            mappings=value_mappings(
-                labels(product, "inv.fanState"), {"0": GREEN, "1": YELLOW, "2": ORANGE, "3": RED}
-            ),
-            steps=NEUTRAL,
-            size=(8, 6),
-        ),
-        timeseries(
-            "Remaining time",
-            "Time to full while charging and to empty while discharging",
-            targets(
-                series(m, [("ems.chgRemainTime", "to full"), ("ems.dsgRemainTime", "to empty")], where=dev)
-            ),
-            "s",
-            soft_min=0,
-            size=(24, 6),
-        ),
-        row("Errors"),
-        error_table(
-            product,
-            m,
-            [
-                ("pd.errCode", "PD error"),
-                ("inv.errCode", "inverter error"),
-                ("mppt.faultCode", "MPPT fault"),
-                ("bmsMaster.errCode", "BMS error"),
-                ("bmsMaster.bmsFault", "BMS fault"),
-                ("bmsMaster.allErrCode", "all-pack error"),
-                ("bmsMaster.allBmsFault", "all-pack BMS fault"),
-            ],
-        ),
-        row("Energy"),
-        stat(
-            "Lifetime energy",
-            "The device's cumulative energy counters",
-            targets(
-                latest(
-                    m,
-                    [
-                        ("pd.chgSunPower", "charged from solar"),
-                        ("pd.chgPowerAc", "charged from AC"),
-                        ("pd.chgPowerDc", "charged from DC adapter"),
-                        ("pd.dsgPowerAc", "discharged via AC"),
-                        ("pd.dsgPowerDc", "discharged via DC"),
-                    ],
-                    where=dev,
-                )
-            ),
-            "watth",
-            graph=False,
-            size=(24, 4),
-            color_mode="none",
-        ),
-        timeseries(
-            "Energy per day",
-            "Solar input, all input, all output, battery charge and discharge per day, from the "
-            "collector's energy counters (ecoflow_energy); days start at midnight in the 'Day boundary' "
-            "time zone",
-            targets(
-                counter_energy(
-                    ENERGY,
-                    [
-                        ("pv_input_wh", "solar in"),
-                        ("input_wh", "input"),
-                        ("output_wh", "output"),
-                        ("battery_charge_wh", "battery charge"),
-                        ("battery_discharge_wh", "battery discharge"),
-                    ],
-                    where=dev,
-                    bucket="1d",
-                )
-            ),
-            KWH,
-            bars=True,
-            calcs=("sum", "mean"),
-            size=(24, 8),
-            timeFrom="7d",
-        ),
-    ]
     return dashboard(
-        "ecoflow-delta_pro",
-        "EcoFlow Delta Pro",
-        "Delta Pro power station: state of charge, power by port, battery cells, inverter, settings, "
-        "errors, energy",
-        ["delta_pro"],
-        [*device_variables(m), TZ_VARIABLE],
+        f"ecoflow-{product.slug}",
+        f"EcoFlow {product.name}",
+        f"{product.name}, from its catalog file: " + ", ".join(["state now", *parts]),
+        [product.slug],
+        [*device_variables(product.slug), *([TZ_VARIABLE] if flows else [])],
         items,
     )
 
@@ -2061,8 +1933,7 @@ def collector_health() -> dict[str, Any]:
 def build() -> dict[str, dict[str, Any]]:
     catalog = default_catalog()
     return {
-        "powerstream.json": powerstream(catalog.products["powerstream"]),
-        "delta_pro.json": delta_pro(catalog.products["delta_pro"]),
+        **{f"{slug}.json": product_dashboard(product) for slug, product in sorted(catalog.products.items())},
         "fleet.json": fleet(),
         "collector.json": collector_health(),
         "energy.json": energy_dashboard(),

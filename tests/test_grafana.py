@@ -3,15 +3,20 @@
 - they are what grafana/build.py generates (the dashboards are code);
 - they validate against Grafana's own dashboard and panel schemas (npm @grafana/schema of the Grafana
   version docker-compose.yml runs, compiled with tsc --strict by grafana/check/check.mjs);
+- every catalog product has its dashboard `ecoflow-<slug>`, generated from its catalog file (the hints
+  place the fields the README promises; a file without hints gets the default panels), and invalid
+  hints are refused with a message that names them;
 - every field they name exists in the catalog or in docs/schema.md, with the unit the panel shows;
 - no serial number is written into them: every device query filters by a template variable;
 - every variable query and every panel query, with Grafana's macros and variables substituted the way
   Grafana substitutes them (the panel's own time range or the dashboard's), runs against a real
-  InfluxDB that a collector filled from the local EcoFlow cloud (a PowerStream and a Delta Pro) and
-  returns at least one non-null value; the energy counters (ecoflow_energy) are written here when the
-  collector has not made them in the few seconds it runs, and the hourly rollups (ecoflow_energy_1h,
-  ecoflow_summary_1h: a scheduled job of the collector) always, as line protocol of their documented
-  schema;
+  InfluxDB that a collector filled from the local EcoFlow cloud (every product the simulator
+  simulates) and, for the other products, their fixture payloads (tests/fixtures/<slug>/*.json) sent
+  through the collector's own pipeline (decode -> normalize -> points -> line protocol) at several
+  times, and returns at least one non-null value; the energy counters (ecoflow_energy) are written
+  here when the collector has not made them in the few seconds it runs, and the hourly rollups
+  (ecoflow_energy_1h, ecoflow_summary_1h: a scheduled job of the collector) always, as line protocol
+  of their documented schema;
 - the provisioning files point at the dashboards and read the datasource's settings from the
   environment.
 """
@@ -23,6 +28,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -34,9 +40,16 @@ from typing import Any
 
 import pytest
 
-from collector.catalog import default_catalog
+from collector import sink
+from collector.catalog import CatalogError, Product, default_catalog, load_product_file
+from collector.catalog.units import DEVICE_UNITS, DeviceUnit
+from collector.decoding import Decoded, decode_bytes
+from collector.pipeline import Pipeline
+from collector.points import Device, to_lines
+from collector.simulator.devices import PRODUCTS as SIMULATED
 from collector.simulator.server import LocalCloud
 from collector.sink.influx import InfluxWriter
+from collector.state import FieldMemory, KeyTable
 from collector.testbed import InfluxServer, MosquittoServer
 from tests.test_daemon import make_settings, running, wait_for
 
@@ -50,9 +63,15 @@ GRAFANA = ROOT / "grafana"
 DASHBOARD_DIR = GRAFANA / "dashboards"
 CHECK_DIR = GRAFANA / "check"
 SETUP_HINT = "run `bash scripts/setup.sh` (or `(cd grafana/check && npm ci --no-audit --no-fund)`)"
-DEVICE_MEASUREMENTS = ("powerstream", "delta_pro")
+CATALOG = default_catalog()
+FIXTURES = ROOT / "tests" / "fixtures"
+DEVICE_MEASUREMENTS = tuple(sorted(CATALOG.products))
+# the products the local cloud simulates; the others are fed from their fixture payloads
+SIMULATED_PRODUCTS = tuple(sorted(set(SIMULATED) & set(CATALOG.products)))
+FIXTURE_PRODUCTS = tuple(sorted(set(CATALOG.products) - set(SIMULATED_PRODUCTS)))
 TAGS = {"sn", "name", "product", "instance"}
-DASHBOARD_NAMES = ["powerstream.json", "delta_pro.json", "fleet.json", "collector.json", "energy.json"]
+FLEET_DASHBOARDS = ["fleet.json", "collector.json", "energy.json"]
+DASHBOARD_NAMES = [f"{slug}.json" for slug in DEVICE_MEASUREMENTS] + FLEET_DASHBOARDS
 ENERGY, ENERGY_1H, SUMMARY_1H = "ecoflow_energy", "ecoflow_energy_1h", "ecoflow_summary_1h"
 # the energy counters' contract (collector/history/energy.py): Wh since the collector first saw the
 # device, and the seconds integrated / not integrated
@@ -71,6 +90,7 @@ def _build_module() -> ModuleType:
     spec = importlib.util.spec_from_file_location("grafana_build", GRAFANA / "build.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
@@ -126,20 +146,420 @@ def variable_queries(name: str, board: dict[str, Any]) -> list[Query]:
 
 
 # ------------------------------------------------------------------------------------ static checks
-def test_the_five_dashboards_exist_and_are_what_build_py_generates() -> None:
+def test_every_product_has_a_dashboard_and_the_files_are_what_build_py_generates() -> None:
     built = BUILD.build()
-    assert set(built) == set(DASHBOARD_NAMES)
+    assert sorted(built) == sorted(DASHBOARD_NAMES)
+    assert sorted(p.name for p in DASHBOARD_DIR.glob("*.json")) == sorted(DASHBOARD_NAMES), (
+        "a dashboard file no catalog product makes: run python3 grafana/build.py and remove it"
+    )
     for name, board in built.items():
         path = DASHBOARD_DIR / name
         assert path.exists(), f"{path} is missing: run python3 grafana/build.py"
         assert path.read_text(encoding="utf-8") == BUILD.render(board), (
             f"{path} differs from what grafana/build.py makes: run python3 grafana/build.py"
         )
-    uids = [b["uid"] for b in built.values()]
-    assert len(set(uids)) == len(uids)
     # the fleet table links a device to /d/ecoflow-<product slug>
-    assert {"ecoflow-powerstream", "ecoflow-delta_pro"} <= set(uids)
-    assert built["energy.json"]["uid"] == "ecoflow-energy"
+    for slug in DEVICE_MEASUREMENTS:
+        assert built[f"{slug}.json"]["uid"] == f"ecoflow-{slug}"
+        assert built[f"{slug}.json"]["title"] == f"EcoFlow {CATALOG.products[slug].name}"
+    assert [built[n]["uid"] for n in FLEET_DASHBOARDS] == [
+        "ecoflow-fleet",
+        "ecoflow-collector",
+        "ecoflow-energy",
+    ]
+    assert "/d/ecoflow-${__data.fields.product}" in json.dumps(built["fleet.json"])
+
+
+def _panel_keys(panel: dict[str, Any]) -> list[str]:
+    """The catalog keys a product panel queries, in query order (aliases and tags left out)."""
+    keys: list[str] = []
+    for target in panel["targets"]:
+        _measurements, _aliases, fields = _identifiers(target["query"])
+        ordered = [f for f in IDENT.findall(target["query"]) if f in fields]
+        keys += [k for k in dict.fromkeys(ordered) if k not in keys]
+    return keys
+
+
+def _layout(name: str) -> list[tuple[str, str, list[str]]]:
+    """(type, title, keys queried) of every panel and row of a dashboard file, in order."""
+    board = json.loads((DASHBOARD_DIR / name).read_text(encoding="utf-8"))
+    return [(p["type"], p["title"], _panel_keys(p) if p["type"] != "row" else []) for p in board["panels"]]
+
+
+PS = "20_1."
+PS_ERRORS = [
+    f"{PS}{k}"
+    for k in (
+        "pv1ErrCode",
+        "pv2ErrCode",
+        "pv1WarnCode",
+        "pv2WarningCode",
+        "batErrCode",
+        "batWarningCode",
+        "llcErrCode",
+        "llcWarningCode",
+        "invErrCode",
+        "invWarnCode",
+        "wirelessErrCode",
+        "wirelessWarnCode",
+    )
+]
+FLOW_COUNTERS = ["pv_input_wh", "output_wh", "battery_charge_wh", "battery_discharge_wh"]
+
+
+def test_the_powerstream_dashboard_shows_what_the_readme_promises() -> None:
+    """Battery SoC gauge; solar, AC output, battery power and custom load now; energy today; PV1/PV2
+    power, voltage, current; AC output against the custom load; grid frequency and voltage; SoC with
+    the limits; battery power; temperatures; supply priority and the limits as state timelines; the
+    error table; energy per day: every panel, in order, with exactly the fields it shows."""
+    limits = [f"{PS}upperLimit", f"{PS}lowerLimit"]
+    assert _layout("powerstream.json") == [
+        ("gauge", "State of charge", [f"{PS}batSoc"]),
+        ("stat", "Solar now", [f"{PS}pv1InputWatts", f"{PS}pv2InputWatts"]),
+        ("stat", "Output now", [f"{PS}invOutputWatts"]),
+        ("stat", "Battery now", [f"{PS}batInputWatts"]),
+        ("stat", "Custom load", [f"{PS}permanentWatts"]),
+        ("stat", "Energy today", ["pv_input_wh", "output_wh"]),
+        ("row", "Solar input", []),
+        ("timeseries", "PV power", [f"{PS}pv1InputWatts", f"{PS}pv2InputWatts"]),
+        ("timeseries", "PV voltage", [f"{PS}pv1InputVolt", f"{PS}pv2InputVolt"]),
+        ("timeseries", "PV current", [f"{PS}pv1InputCur", f"{PS}pv2InputCur"]),
+        ("row", "Inverter", []),
+        ("timeseries", "AC output vs custom load", [f"{PS}invOutputWatts", f"{PS}permanentWatts"]),
+        ("timeseries", "Grid voltage", [f"{PS}invOpVolt"]),
+        ("timeseries", "Grid frequency", [f"{PS}invFreq"]),
+        ("row", "Battery", []),
+        ("timeseries", "State of charge and limits", [f"{PS}batSoc", *reversed(limits)]),
+        ("timeseries", "Battery power", [f"{PS}batInputWatts"]),
+        ("timeseries", "Temperatures", [f"{PS}{k}" for k in ("pv1Temp", "pv2Temp", "batTemp", "llcTemp")]),
+        ("row", "Settings", []),
+        ("state-timeline", "Supply priority", [f"{PS}supplyPriority"]),
+        ("state-timeline", "Charge and discharge limits", list(reversed(limits))),
+        ("row", "Errors", []),
+        ("table", "Error and warning codes", PS_ERRORS),
+        ("row", "Energy", []),
+        ("timeseries", "Energy per day", FLOW_COUNTERS),
+    ]
+    board = json.loads((DASHBOARD_DIR / "powerstream.json").read_text(encoding="utf-8"))
+    by_title = {p["title"]: p for p in panels(board)}
+    # the summary's sign (battery_w = -batInputWatts) drives the battery panels: positive = charging
+    for title in ("Battery now", "Battery power"):
+        assert '"20_1.batInputWatts") * -1 AS "battery"' in by_title[title]["targets"][0]["query"]
+    # settings in a graph are held (last, fill previous) and dashed
+    soc = by_title["State of charge and limits"]
+    assert [t["query"] for t in soc["targets"]] == [
+        'SELECT mean("20_1.batSoc") AS "SoC" FROM "powerstream" WHERE $timeFilter AND "sn" =~ /^$sn$/ '
+        'GROUP BY time($__interval), "name" fill(null)',
+        'SELECT last("20_1.lowerLimit") AS "discharge limit", last("20_1.upperLimit") AS "charge limit" '
+        'FROM "powerstream" WHERE $timeFilter AND "sn" =~ /^$sn$/ '
+        'GROUP BY time($__interval), "name" fill(previous)',
+    ]
+    (dashed,) = soc["fieldConfig"]["overrides"]
+    assert dashed["matcher"] == {"id": "byRegexp", "options": "/ (discharge limit|charge limit)$/"}
+    priority = by_title["Supply priority"]["fieldConfig"]["defaults"]["mappings"][0]["options"]
+    assert {v: o["text"] for v, o in priority.items()} == {"0": "power supply", "1": "power storage"}
+    assert by_title["Error and warning codes"]["targets"][0]["query"].count(" <> 0") == len(PS_ERRORS)
+
+
+def test_the_delta_pro_dashboard_shows_what_the_readme_promises() -> None:
+    """SoC (display and BMS); input, output, remaining time now; energy today; input by source, output
+    by port; cell voltages; temperatures; inverter power, voltage, frequency; limits, AC charging power
+    and fan as state timelines; remaining time; errors; lifetime counters; energy per day."""
+    packs = ("bmsMaster", "bmsSlave1", "bmsSlave2")  # the hints of the BMS group hold for every pack
+
+    def each(*suffixes: str) -> list[str]:
+        return [f"{p}.{s}" for p in packs for s in suffixes]
+
+    layout = _layout("delta_pro.json")
+    assert [(kind, title) for kind, title, _k in layout] == [
+        ("gauge", "State of charge"),
+        ("stat", "Solar now"),
+        ("stat", "Input now"),
+        ("stat", "Output now"),
+        ("stat", "Battery now"),
+        ("stat", "Remaining time"),
+        ("stat", "Energy today"),
+        ("row", "Power"),
+        ("timeseries", "Total input and output"),
+        ("timeseries", "Input by source"),
+        ("timeseries", "Output by port"),
+        ("row", "Battery"),
+        *[("timeseries", t) for t in layout_titles(layout, "Battery")],
+        ("row", "Inverter"),
+        ("timeseries", "Inverter power"),
+        ("timeseries", "Inverter voltage"),
+        ("timeseries", "Inverter frequency"),
+        ("row", "Settings"),
+        *[("state-timeline", t) for t in layout_titles(layout, "Settings")],
+        ("row", "Errors"),
+        ("table", "Error and warning codes"),
+        ("row", "Energy"),
+        ("stat", "Lifetime energy"),
+        ("timeseries", "Energy per day"),
+    ]
+    keys = {title: k for _kind, title, k in layout}  # a title twice: the later panel
+    assert layout[0] == ("gauge", "State of charge", ["ems.f32LcdShowSoc", "bmsMaster.f32ShowSoc"])
+    assert keys["Input now"] == ["pd.wattsInSum"] and keys["Output now"] == ["pd.wattsOutSum"]
+    assert keys["Remaining time"] == ["ems.chgRemainTime", "ems.dsgRemainTime"]
+    assert keys["Input by source"] == ["inv.inputWatts", "mppt.inWatts"]
+    usb = [f"pd.{k}Watts" for k in ("usb1", "usb2", "qcUsb1", "qcUsb2", "typec1", "typec2")]
+    assert sorted(keys["Output by port"]) == sorted(
+        ["inv.outputWatts", "pd.carWatts", "mppt.dcdc12vWatts", *usb]
+    )
+    assert sorted(set(layout_titles(layout, "Battery"))) == [
+        "Cell voltage",
+        "Remaining time",
+        "State of charge",
+        "Temperatures",
+    ]
+    battery = {t: k for _kind, t, k in layout[layout.index(("row", "Battery", [])) :]}
+    assert sorted(battery["Cell voltage"]) == sorted(each("maxCellVol", "minCellVol"))
+    assert sorted(battery["Temperatures"]) == sorted(
+        [*each("maxCellTemp", "minCellTemp", "maxMosTemp"), "inv.outTemp", "mppt.mpptTemp"]
+    )
+    assert sorted(battery["State of charge"]) == sorted(
+        ["ems.f32LcdShowSoc", *each("f32ShowSoc"), "ems.maxChargeSoc", "ems.minDsgSoc"]
+    )
+    assert battery["Remaining time"] == ["ems.chgRemainTime", "ems.dsgRemainTime"]
+    assert sorted(keys["Inverter voltage"]) == ["inv.acInVol", "inv.invOutVol"]
+    assert sorted(keys["Inverter frequency"]) == ["inv.acInFreq", "inv.invOutFreq"]
+    assert sorted(keys["Inverter power"]) == ["inv.inputWatts", "inv.outputWatts"]
+    assert sorted(layout_titles(layout, "Settings")) == [
+        "AC charging power setting",
+        "Charge and discharge limits",
+        "Fan",
+    ]
+    assert keys["Fan"] == ["inv.fanState"] and keys["AC charging power setting"] == ["inv.cfgSlowChgWatts"]
+    assert sorted(keys["Error and warning codes"]) == sorted(
+        [
+            "pd.errCode",
+            "inv.errCode",
+            "mppt.faultCode",
+            *each("errCode", "bmsFault", "allErrCode", "allBmsFault"),
+        ]
+    )
+    assert keys["Lifetime energy"] == [
+        "pd.chgSunPower",
+        "pd.chgPowerAc",
+        "pd.chgPowerDc",
+        "pd.dsgPowerAc",
+        "pd.dsgPowerDc",
+    ]
+    assert keys["Energy per day"] == ["pv_input_wh", "input_wh", "output_wh", *FLOW_COUNTERS[2:]]
+
+
+def layout_titles(layout: list[tuple[str, str, list[str]]], row_title: str) -> list[str]:
+    """The titles of the panels under a row (up to the next row)."""
+    start = layout.index(("row", row_title, [])) + 1
+    out = []
+    for kind, title, _keys in layout[start:]:
+        if kind == "row":
+            break
+        out.append(title)
+    return out
+
+
+# a product file without a single panel hint: its dashboard is made by the defaults
+PLAIN_PRODUCT = """
+[product]
+slug = "test_box"
+name = "Test Box"
+
+[summary]
+soc_percent = ["bms.soc"]
+output_w = ["inv.outWatts"]
+battery_w = ["-bms.dsgWatts"]
+
+[[groups]]
+prefixes = ["bms"]
+[groups.fields]
+soc = { unit = "%", kind = "measurement", desc = "State of charge", range = [0, 100] }
+dsgWatts = { unit = "0.1W", kind = "measurement", desc = "Discharging power", range = [-100, 100] }
+temp = { unit = "0.1°C", kind = "measurement", desc = "Pack temperature" }
+cellVol = { unit = "mV", kind = "measurement", desc = "Cell voltages", array = true }
+cycles = { kind = "counter", desc = "Charge cycles" }
+errCode = { kind = "error_code", desc = "BMS error code" }
+
+[[groups]]
+prefixes = ["inv"]
+[groups.fields]
+outWatts = { unit = "W", kind = "measurement", desc = "AC output power", range = [0, 500] }
+outVol = { unit = "0.1V", kind = "measurement", desc = "AC output voltage" }
+outAmp = { unit = "0.1A", kind = "measurement", desc = "AC output current", hide = true }
+raw = { kind = "measurement", desc = "A figure without a unit" }
+acEnabled = { kind = "setting", desc = "AC output switch", values = { "0" = "off", "1" = "on" } }
+maxWatts = { unit = "W", kind = "setting", desc = "Output limit", range = [0, 500] }
+mode = { kind = "enum", desc = "Operating mode", values = { "0" = "idle", "1" = "running" } }
+fw = { kind = "identifier", desc = "Firmware version" }
+"""
+
+
+def _product(tmp_path: Path, text: str) -> Product:
+    path = tmp_path / "test_box.toml"
+    path.write_text(text, encoding="utf-8")
+    return load_product_file(path)
+
+
+def test_a_product_file_without_hints_gets_the_default_dashboard(tmp_path: Path) -> None:
+    """Measurements with a unit by group and quantity (rows by quantity), settings as state timelines
+    by group, unit and labels, error codes in the table; not arrays, counters, unitless figures,
+    enums, identifiers or hidden fields; the summary makes the header and the energy panels, and its
+    sign (battery_w = -dsgWatts) the sign of the battery panels."""
+    board = BUILD.product_dashboard(_product(tmp_path, PLAIN_PRODUCT))
+    assert board["uid"] == "ecoflow-test_box" and board["title"] == "EcoFlow Test Box"
+    layout = [(p["type"], p["title"], _panel_keys(p) if p["type"] != "row" else []) for p in board["panels"]]
+    assert layout == [
+        ("gauge", "State of charge", ["bms.soc"]),
+        ("stat", "Output now", ["inv.outWatts"]),
+        ("stat", "Battery now", ["bms.dsgWatts"]),
+        ("stat", "Energy today", ["output_wh"]),
+        ("row", "Power", []),
+        ("timeseries", "bms: power", ["bms.dsgWatts"]),
+        ("timeseries", "inv: power", ["inv.outWatts"]),
+        ("row", "Battery", []),
+        ("timeseries", "bms: ratio", ["bms.soc"]),
+        ("row", "Temperatures", []),
+        ("timeseries", "bms: temperature", ["bms.temp"]),
+        ("row", "Measurements", []),
+        ("timeseries", "inv: voltage", ["inv.outVol"]),
+        ("row", "Settings", []),
+        ("state-timeline", "inv: settings (off / on)", ["inv.acEnabled"]),
+        ("state-timeline", "inv: settings (W)", ["inv.maxWatts"]),
+        ("row", "Errors", []),
+        ("table", "Error and warning codes", ["bms.errCode"]),
+        ("row", "Energy", []),
+        ("timeseries", "Energy per day", ["output_wh", "battery_charge_wh", "battery_discharge_wh"]),
+    ]
+    by_title = {p["title"]: p for p in panels(board)}
+    assert [p["gridPos"]["w"] for p in board["panels"][4:7]] == [24, 12, 12]
+    assert by_title["bms: power"]["targets"][0]["query"].startswith(
+        'SELECT mean("bms.dsgWatts") * -1 AS "dsgWatts" FROM "test_box"'
+    )
+    assert '"bms.dsgWatts") * -1 AS "battery"' in by_title["Battery now"]["targets"][0]["query"]
+    assert by_title["bms: ratio"]["fieldConfig"]["defaults"]["unit"] == "percent"
+    switch = by_title["inv: settings (off / on)"]["fieldConfig"]["defaults"]["mappings"][0]["options"]
+    assert switch == {
+        "0": {"text": "off", "index": 0, "color": "green"},
+        "1": {"text": "on", "index": 1, "color": "blue"},
+    }
+    assert by_title["inv: settings (W)"]["fieldConfig"]["defaults"]["unit"] == "watt"
+    assert [v["name"] for v in board["templating"]["list"]] == ["datasource", "name", "sn", "tz"]
+
+
+def test_hints_make_the_panels_and_only_those(tmp_path: Path) -> None:
+    text = PLAIN_PRODUCT.replace(
+        'desc = "AC output power", range = [0, 500] }',
+        'desc = "AC output power", range = [0, 500], panel = "Output", row = "Outputs", label = "AC" }',
+    ).replace(
+        'desc = "Output limit", range = [0, 500] }',
+        'desc = "Output limit", range = [0, 500], panel = ["Output", "Limit"], label = "limit" }',
+    )
+    text += '\n[dashboard]\nrows = ["Outputs"]\n[dashboard.panels."Output"]\nstack = true\n'
+    board = BUILD.product_dashboard(_product(tmp_path, text))
+    layout = [
+        (p["type"], p["title"], _panel_keys(p) if p["type"] != "row" else []) for p in board["panels"][4:]
+    ]
+    assert layout == [
+        ("row", "Outputs", []),
+        ("timeseries", "Output", ["inv.outWatts", "inv.maxWatts"]),
+        ("row", "Settings", []),
+        ("state-timeline", "Limit", ["inv.maxWatts"]),
+        ("row", "Errors", []),
+        ("table", "Error and warning codes", ["bms.errCode"]),
+        ("row", "Energy", []),
+        ("timeseries", "Energy per day", ["output_wh", "battery_charge_wh", "battery_discharge_wh"]),
+    ]
+    output = board["panels"][5]
+    assert output["fieldConfig"]["defaults"]["custom"]["stacking"]["mode"] == "normal"
+    assert [o["matcher"]["options"] for o in output["fieldConfig"]["overrides"]] == ["/ (limit)$/"]
+
+
+POWER = 'desc = "AC output power", range = [0, 500]'
+VOLTS = 'desc = "AC output voltage"'
+
+
+@pytest.mark.parametrize(
+    ("edits", "message"),
+    [
+        (
+            [(POWER, f'{POWER}, panel = "P", row = "Solar"')],
+            "field outWatts: row 'Solar' is not a dashboard row; known: Power, Solar input, Battery,",
+        ),
+        (
+            [(POWER, f'{POWER}, row = "Power"')],
+            "row 'Power' without a panel: name the panel the field goes in",
+        ),
+        (
+            [(POWER, f'{POWER}, panel = "P"'), (VOLTS, f'{VOLTS}, panel = "P"')],
+            "panel 'P' mixes Grafana units ['volt', 'watt'] (inv.outWatts, inv.outVol): one unit a panel",
+        ),
+        (
+            [(POWER, f'{POWER}, panel = "P", row = "Power"'), (VOLTS, f'{VOLTS}, panel = "P", row = "Grid"')],
+            "panel 'P' is put in rows ['Grid', 'Power']: give it one row",
+        ),
+        (
+            [
+                ('desc = "Operating mode"', 'desc = "Operating mode", panel = "P"'),
+                (POWER, f'{POWER}, panel = "P"'),
+            ],
+            "panel 'P' mixes enum fields (a state timeline) with measurements (a graph)",
+        ),
+        (
+            [('desc = "BMS error code"', 'desc = "BMS error code", panel = "Errors"')],
+            "a error_code field takes no panel hint (error codes go to the error table by themselves",
+        ),
+        ([('desc = "Firmware version"', 'desc = "Firmware version", label = "fw"')], "it takes no label"),
+        (
+            [('desc = "Cell voltages", array = true', 'desc = "Cell voltages", array = true, panel = "P"')],
+            "an array field takes no panel hint",
+        ),
+        (
+            [
+                (
+                    'desc = "AC output current", hide = true',
+                    'desc = "AC output current", hide = true, panel = "P"',
+                )
+            ],
+            "hide with a panel: a field is either in a panel or hidden",
+        ),
+        (
+            [(POWER, f'{POWER}, panel = ["P", "Q"], row = "Power"')],
+            "row 'Power' with several panels: give each panel its row in [dashboard.panels]",
+        ),
+        ([(POWER, f'{POWER}, panel = ["P", "P"]')], "names a panel twice"),
+        ([(POWER, f'{POWER}, panel = ""')], "a panel title is empty"),
+    ],
+)
+def test_invalid_hints_are_refused_with_a_message_naming_them(
+    tmp_path: Path, edits: list[tuple[str, str]], message: str
+) -> None:
+    text = PLAIN_PRODUCT
+    for old, new in edits:
+        assert old in text
+        text = text.replace(old, new)
+    with pytest.raises(CatalogError) as caught:
+        _product(tmp_path, text)
+    assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("dashboard", "message"),
+    [
+        ('[dashboard.panels."Nope"]\nstack = true', "[dashboard.panels] 'Nope': no field names this panel"),
+        ('[dashboard]\nrows = ["Errors"]', "rows Errors, Energy are generated, not declared"),
+        ('[dashboard]\nrows = ["A", "A"]', "rows ('A', 'A') names a row twice"),
+        (
+            '[dashboard.panels."P"]\nrow = "Nowhere"',
+            "[dashboard.panels] 'P': row 'Nowhere' is not a dashboard row",
+        ),
+        ('[dashboard.panels."P"]\nsize = 3', "Extra inputs are not permitted"),
+    ],
+)
+def test_invalid_dashboard_sections_are_refused(tmp_path: Path, dashboard: str, message: str) -> None:
+    text = PLAIN_PRODUCT.replace(POWER, f'{POWER}, panel = "P"') + "\n" + dashboard + "\n"
+    with pytest.raises(CatalogError) as caught:
+        _product(tmp_path, text)
+    assert message in str(caught.value)
 
 
 def grafana_version_in_compose() -> str:
@@ -215,25 +635,25 @@ def _doc_fields() -> dict[str, set[str]]:
     for prefix, found in reasons.items():
         assert found, f"docs/schema.md no longer lists the {prefix}_<reason> values"
         expanded |= {f"{prefix}_{r}" for r in re.findall(r"`(\w+)`", found.group(1))}
-    # "the writer's counters (... see collector/sink/)": the numeric keys InfluxWriter.stats documents
-    doc = InfluxWriter.stats.__doc__ or ""
+    # "the writer's counters (... see collector/sink/)": the numeric keys InfluxWriter.stats documents,
+    # or the sink's stats class it points to
+    doc = (InfluxWriter.stats.__doc__ or "") + (getattr(sink, "SinkStats", None).__doc__ or "")
     expanded |= set(re.findall(r"``(\w+)``", doc))
     out["ecoflow_collector"] = expanded
     return out
 
 
-def _catalog_fields() -> dict[str, dict[str, str]]:
-    """measurement -> stored field name -> stored unit, from the catalog (arrays as key[0..15])."""
-    catalog = default_catalog()
-    out: dict[str, dict[str, str]] = {}
-    for slug, product in catalog.products.items():
-        fields: dict[str, str] = {}
+def _catalog_fields() -> dict[str, dict[str, DeviceUnit]]:
+    """measurement -> stored field name -> its unit, from the catalog (arrays as key[0..15])."""
+    out: dict[str, dict[str, DeviceUnit]] = {}
+    for slug, product in CATALOG.products.items():
+        fields: dict[str, DeviceUnit] = {}
         for spec in product.all_fields():
             keys = [f"{spec.key}[{i}]" for i in range(16)] if spec.array else [spec.key]
             for key in keys:
                 keys_n = [key.replace("#", str(n)) for n in range(1, 12)] if "#" in key else [key]
                 for k in keys_n:
-                    fields[k] = spec.unit.stored
+                    fields[k] = spec.unit
         out[slug] = fields
     return out
 
@@ -302,7 +722,11 @@ def test_panels_show_the_stored_unit_of_their_fields() -> None:
     """A panel that plots fields as they are stored uses the Grafana unit of their stored unit; energy
     made from power (/ 60000) or from Wh counters (/ 1000) is kWh; a ratio (* 100) is percent."""
     catalog = _catalog_fields()
-    stored = {**catalog, "ecoflow_summary": SUMMARY_UNITS, ENERGY: ENERGY_UNITS, **ROLLUP_UNITS}
+    documented = {"ecoflow_summary": SUMMARY_UNITS, ENERGY: ENERGY_UNITS, **ROLLUP_UNITS}
+    stored = {
+        **catalog,
+        **{m: {f: DEVICE_UNITS[u] for f, u in fields.items()} for m, fields in documented.items()},
+    }
     checked = 0
     for name, board in dashboards().items():
         for panel in panels(board):
@@ -324,15 +748,16 @@ def test_panels_show_the_stored_unit_of_their_fields() -> None:
                 selected = set(re.findall(r'(?:mean|last|max|min)\("([^"]+)"\)', query)) or fields
                 for field in selected:
                     unit = next(stored[m][field] for m in measurements if field in stored[m])
-                    if unit == "":
+                    if unit.stored == "":
                         assert units <= {None, "none"}, (
                             f"{where}: {field} has no unit, the panel shows {units}"
                         )
                     else:
-                        grafana = BUILD.GRAFANA_UNITS[unit]
-                        allowed = BUILD.UNIT_ALIASES.get(unit, {grafana})
+                        # the Grafana unit of units.py (DeviceUnit.grafana), or another display of it
+                        allowed = BUILD.UNIT_ALIASES.get(unit.stored, {unit.grafana})
+                        assert unit.grafana in allowed
                         assert units & allowed, (
-                            f"{where}: {field} is stored in {unit}: {allowed}, not {units}"
+                            f"{where}: {field} is stored in {unit.stored}: {allowed}, not {units}"
                         )
                     checked += 1
     assert checked > 100
@@ -414,42 +839,54 @@ class Live:
     instance: str
 
 
+def first_error_key(product: Product) -> str | None:
+    """The error_code field the live test sets non-zero (the error table shows only such reports)."""
+    keys = sorted(s.key for s in product.all_fields() if s.kind.value == "error_code" and not s.array)
+    return keys[0] if keys else None
+
+
 @pytest.fixture(scope="module")
 def live(
     mosquitto_server: MosquittoServer, influx_server: InfluxServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Live]:
-    """A collector that ingested a few seconds of both simulated products into a fresh database,
-    with a non-zero error code on each device and two self-telemetry points."""
+    """A collector that ingested a few seconds of every simulated product into a fresh database, with
+    a non-zero error code on each device and two self-telemetry points; and a device of every other
+    product fed from its fixture payloads through the collector's pipeline."""
     db = f"grafana_{uuid.uuid4().hex[:10]}"
     influx_server.create_database(db)
     started = int(time.time())
+    spec = ",".join(f"{slug}=1" for slug in SIMULATED_PRODUCTS)
     try:
-        with LocalCloud("powerstream=1,delta_pro=1", mosquitto=mosquitto_server, publish_rate=8.0) as cloud:
+        with LocalCloud(spec, mosquitto=mosquitto_server, publish_rate=8.0) as cloud:
             state = tmp_path_factory.mktemp("grafana-live")
             settings = make_settings(cloud, influx_server, db, state)
             with running(settings) as collector:
                 wait_for(lambda: collector.mqtt.connected, what="MQTT connection")
-                powerstream, delta_pro = (
-                    next(d for d in cloud.devices if d.product_slug == slug) for slug in DEVICE_MEASUREMENTS
-                )
-                powerstream.set_quota("20_1.invErrCode", 4096)  # the document's sample inverter error
-                delta_pro.set_quota("pd.errCode", 3)
+                errors: dict[str, str] = {}  # sn -> error key set non-zero
+                for device in cloud.devices:
+                    key = first_error_key(CATALOG.products[device.product_slug])
+                    if key is not None:
+                        device.set_quota(key, 3)
+                        errors[device.sn] = key
 
                 def landed() -> bool:
-                    for device in (powerstream, delta_pro):
+                    for device in cloud.devices:
                         count = influx_server.rows(
                             db, f"SELECT count(*) FROM \"{device.product_slug}\" WHERE sn = '{device.sn}'"
                         )
                         if not count or max(v for k, v in count[0].items() if k != "time") < 4:
                             return False
-                    errors = influx_server.rows(
-                        db, 'SELECT "20_1.invErrCode" FROM "powerstream" WHERE "20_1.invErrCode" <> 0'
-                    ) and influx_server.rows(
-                        db, 'SELECT "pd.errCode" FROM "delta_pro" WHERE "pd.errCode" <> 0'
+                    return all(
+                        influx_server.rows(
+                            db,
+                            f'SELECT "{key}" FROM "{device.product_slug}" '
+                            f"WHERE \"{key}\" <> 0 AND sn = '{device.sn}'",
+                        )
+                        for device in cloud.devices
+                        if (key := errors.get(device.sn))
                     )
-                    return bool(errors)
 
-                wait_for(landed, timeout=30, what="reports of both products and the error codes")
+                wait_for(landed, timeout=30, what="reports of every simulated product and the error codes")
                 collector.write_all_status()
                 collector.write_telemetry()
                 time.sleep(1.2)  # the rate panels need two telemetry points in different 1 s buckets
@@ -457,16 +894,72 @@ def live(
                 collector.sink.flush(5)  # type: ignore[attr-defined]
                 instance = collector.mqtt.client_id
             devices = [(d.sn, d.device_name, d.product_slug) for d in cloud.devices]
-            write_energy_history(influx_server, db, devices, started)
+            fed = [
+                feed_fixtures(influx_server, db, CATALOG.products[slug], started) for slug in FIXTURE_PRODUCTS
+            ]
+            write_energy_history(influx_server, db, devices + fed, started)
             yield Live(
                 influx_server,
                 db,
-                [d.sn for d in cloud.devices],
-                [d.device_name for d in cloud.devices],
+                [d.sn for d in cloud.devices] + [sn for sn, _n, _p in fed],
+                [d.device_name for d in cloud.devices] + [name for _s, name, _p in fed],
                 instance,
             )
     finally:
         influx_server.drop_database(db)
+
+
+FEED_TIMES = (-1800, -1200, -600, -300, -60)  # seconds before the collector started
+
+
+def feed_fixtures(influx: InfluxServer, db: str, product: Product, started: int) -> tuple[str, str, str]:
+    """A device of `product` that sent each of its fixture payloads (tests/fixtures/<slug>/*.json) at
+    each of FEED_TIMES, written as the daemon writes them: decode -> normalize -> points (with the
+    device's memory, so the summary is made as the daemon makes it) -> line protocol. Like the
+    simulated devices, it reports one non-zero error code (the last report at the last time), added
+    to the decoded payload before it is normalized. Returns (sn, name, product)."""
+    paths = sorted((FIXTURES / product.slug).glob("*.json"))
+    assert paths, f"{product.slug}: no fixture payloads in tests/fixtures/{product.slug}"
+    prefix = product.serial_prefixes[0] if product.serial_prefixes else "FX"
+    sn, name = f"{prefix}FIXTURE0001", f"fixture {product.name}"
+    device = Device.resolve(CATALOG, sn, name, product.slug)
+    assert device.product is product
+    pipeline, memory = Pipeline(), FieldMemory(KeyTable())
+    error = first_error_key(product)
+    lines = []
+    for offset in FEED_TIMES:
+        for index, path in enumerate(paths):
+            decoded = decode_bytes(path.read_bytes())
+            if error is not None and offset == FEED_TIMES[-1] and index == len(paths) - 1:
+                decoded = Decoded(decoded.kind, {**decoded.values, error: 7}, decoded.online)
+            time_ms = (started + offset) * 1000 + index
+            points = pipeline.points(device, decoded, time_ms, memory)
+            lines.append(to_lines(points))
+    influx.write_lines(db, [line for line in lines if line], precision="ms")
+    return sn, name, product.slug
+
+
+def test_fixture_feeding_writes_what_the_pipeline_makes(influx_server: InfluxServer, influx_db: str) -> None:
+    """The path for products the simulator does not simulate: a DELTA 2's fixture payloads at each of
+    FEED_TIMES land as the daemon writes them, in SI units (its summary too), with the error code."""
+    product = CATALOG.products["delta_2"]
+    started = int(time.time())
+    sn, name, slug = feed_fixtures(influx_server, influx_db, product, started)
+    assert (sn, name, slug) == ("R331FIXTURE0001", "fixture DELTA 2", "delta_2")
+    payloads = len(list((FIXTURES / slug).glob("*.json")))
+    every = influx_server.rows(influx_db, 'SELECT * FROM "delta_2"', epoch="ms")
+    assert sorted(row["time"] for row in every) == [
+        (started + offset) * 1000 + index for offset in FEED_TIMES for index in range(payloads)
+    ]
+    rows = influx_server.rows(influx_db, 'SELECT "bms_bmsStatus.vol" FROM "delta_2"')
+    volts = [row["bms_bmsStatus.vol"] for row in rows if row["bms_bmsStatus.vol"] is not None]
+    assert volts and all(40 < v < 60 for v in volts)  # mV on the wire, V stored
+    summary = influx_server.rows(influx_db, 'SELECT count("soc_percent") FROM "ecoflow_summary"')
+    assert summary[0]["count"] >= len(FEED_TIMES)
+    error = first_error_key(product)
+    assert error is not None
+    faults = influx_server.rows(influx_db, f'SELECT "{error}" FROM "delta_2" WHERE "{error}" <> 0', epoch="s")
+    assert [(row["time"], row[error]) for row in faults] == [(started + FEED_TIMES[-1], 7.0)]
 
 
 def _tag(value: str) -> str:
@@ -503,7 +996,7 @@ def write_energy_history(
     seconds it ran: the energy counters (ecoflow_energy, every 60 s, when the collector wrote fewer
     than two per device) for the 3 hours before the collector started, and the hourly rollups
     (ecoflow_energy_1h: each counter's last value in the hour; ecoflow_summary_1h: <field>_mean,
-    _min, _max, with the Delta Pro's battery health) over two years, hourly for the last two days and
+    _min, _max of the product's summary fields) over two years, hourly for the last two days and
     every 6 hours before (rollups are written by a scheduled job of the collector, not in seconds).
     All of it ends before the collector's own points, so a counter the collector starts at 0 later is
     a restart that adds nothing (non_negative_difference)."""
@@ -516,22 +1009,33 @@ def write_energy_history(
     lines = []
     for sn, name, product in devices:
         tags = {"sn": sn, "name": name, "product": product}
+        # the counters of the flows the product's summary has (collector/history/energy.py)
+        kept = {field for field, _label in BUILD.product_flows(CATALOG.products[product])}
+        if not kept:  # no summary power: the collector counts no energy for it
+            continue
+        kept |= {"covered_s", "gap_s"}
+
+        def flows(t: int, product: str = product, kept: set[str] = kept) -> dict[str, float]:
+            return {k: v for k, v in counters(t, origin, product).items() if k in kept}
+
         if counted.get(sn, 0) < 2:
             times = [*range(started - 3 * 3600, started - 60, 60), started - 20, started - 10, started - 1]
-            lines += [_line(ENERGY, tags, counters(t, origin, product), t) for t in times]
+            lines += [_line(ENERGY, tags, flows(t), t) for t in times]
         hours = [*range(hour - 760 * 86400, hour - 48 * 3600, 6 * 3600), *range(hour - 48 * 3600, hour, 3600)]
+        summarized = CATALOG.products[product].summary
         for t in hours:
-            lines.append(_line(ENERGY_1H, tags, counters(t + 3599, origin, product), t))
+            lines.append(_line(ENERGY_1H, tags, flows(t + 3599), t))
             days = (t - origin) / 86400
-            summary = {
+            typical = {
                 "soc_percent": 55.0,
                 "input_w": 320.0,
                 "output_w": 250.0,
                 "pv_input_w": 300.0,
                 "battery_w": 5.0,
+                "battery_soh_percent": 100 - 2.5 * days / 365,
+                "battery_cycles": 120 + days // 3,
             }
-            if product == "delta_pro":
-                summary |= {"battery_soh_percent": 100 - 2.5 * days / 365, "battery_cycles": 120 + days // 3}
+            summary = {k: v for k, v in typical.items() if k in summarized}
             fields: dict[str, float] = {}
             for key, v in summary.items():
                 fields |= {f"{key}_mean": v, f"{key}_min": v - (v % 7), f"{key}_max": v + 3}

@@ -252,17 +252,17 @@ class ProductFile(BaseModel):
                 named.add(options.row)
             if len(named) > 1:
                 raise ValueError(f"panel {title!r} is put in rows {sorted(named)}: give it one row")
-            units = {DEVICE_UNITS[e.unit].grafana for _k, e in fields}
-            if len(units) > 1:
-                keys = ", ".join(k for k, _e in fields)
-                raise ValueError(
-                    f"panel {title!r} mixes Grafana units {sorted(units)} ({keys}): one unit a panel"
-                )
             states = {e.kind is Kind.ENUM for _k, e in fields}
             numbers = {e.kind in (Kind.MEASUREMENT, Kind.COUNTER) for _k, e in fields}
             if True in states and True in numbers:
                 raise ValueError(
                     f"panel {title!r} mixes enum fields (a state timeline) with measurements (a graph)"
+                )
+            units = {DEVICE_UNITS[e.unit].grafana for _k, e in fields}
+            if len(units) > 1:
+                keys = ", ".join(k for k, _e in fields)
+                raise ValueError(
+                    f"panel {title!r} mixes Grafana units {sorted(units)} ({keys}): one unit a panel"
                 )
         return self
 
