@@ -274,6 +274,36 @@ def reduce(calc: str = "lastNotNull", fields: str = "") -> dict[str, Any]:
     return {"calcs": [calc], "fields": fields, "values": False}
 
 
+def reading(
+    kind: str,
+    title: str,
+    description: str,
+    panel_targets: list[dict[str, Any]],
+    unit: str,
+    options: dict[str, Any],
+    *,
+    steps: dict[str, Any],
+    size: tuple[int, int],
+    defaults: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """The family of one-number panels (stat, gauge, bar gauge): the last value of each series,
+    coloured by threshold steps."""
+    field_defaults: dict[str, Any] = {"thresholds": steps, "color": {"mode": "thresholds"}}
+    field_defaults.update(defaults or {})
+    return panel(
+        kind,
+        title,
+        description,
+        panel_targets,
+        unit=unit,
+        options={"reduceOptions": reduce(fields=kwargs.pop("fields", "")), **options},
+        defaults=field_defaults,
+        size=size,
+        **kwargs,
+    )
+
+
 def stat(
     title: str,
     description: str,
@@ -282,14 +312,12 @@ def stat(
     *,
     steps: dict[str, Any] = NEUTRAL,
     graph: bool = True,
-    fields: str = "",
     decimals: int | None = None,
     color_mode: str = "value",
     size: tuple[int, int] = (4, 5),
     **kwargs: Any,
 ) -> dict[str, Any]:
     options = {
-        "reduceOptions": reduce(fields=fields),
         "orientation": "auto",
         "textMode": "value_and_name",
         "colorMode": color_mode,
@@ -298,19 +326,18 @@ def stat(
         "wideLayout": True,
         "showPercentChange": False,
     }
-    defaults: dict[str, Any] = {"thresholds": steps, "color": {"mode": "thresholds"}}
-    if decimals is not None:
-        defaults["decimals"] = decimals
+    defaults = {"decimals": decimals} if decimals is not None else {}
     defaults.update(kwargs.pop("defaults", {}))
-    return panel(
+    return reading(
         "stat",
         title,
         description,
         panel_targets,
-        unit=unit,
-        options=options,
-        defaults=defaults,
+        unit,
+        options,
+        steps=steps,
         size=size,
+        defaults=defaults,
         **kwargs,
     )
 
@@ -326,7 +353,6 @@ def gauge(
     **kwargs: Any,
 ) -> dict[str, Any]:
     options = {
-        "reduceOptions": reduce(),
         "orientation": "auto",
         "showThresholdLabels": False,
         "showThresholdMarkers": True,
@@ -334,16 +360,17 @@ def gauge(
         "minVizHeight": 75,
         "minVizWidth": 75,
     }
-    defaults = {"thresholds": steps, "color": {"mode": "thresholds"}, "min": 0, "max": 100}
-    return panel(
+    defaults = {"min": 0, "max": 100}
+    return reading(
         "gauge",
         title,
         description,
         panel_targets,
-        unit=unit,
-        options=options,
-        defaults=defaults,
+        unit,
+        options,
+        steps=steps,
         size=size,
+        defaults=defaults,
         **kwargs,
     )
 
@@ -360,7 +387,6 @@ def bargauge(
     **kwargs: Any,
 ) -> dict[str, Any]:
     options = {
-        "reduceOptions": reduce(),
         "orientation": "horizontal",
         "displayMode": "gradient",
         "valueMode": "color",
@@ -371,19 +397,18 @@ def bargauge(
         "minVizWidth": 8,
         "maxVizHeight": 300,
     }
-    defaults: dict[str, Any] = {"thresholds": steps, "color": {"mode": "thresholds"}}
-    if minmax is not None:
-        defaults.update(min=minmax[0], max=minmax[1])
+    defaults: dict[str, Any] = {"min": minmax[0], "max": minmax[1]} if minmax is not None else {}
     defaults.update(kwargs.pop("defaults", {}))
-    return panel(
+    return reading(
         "bargauge",
         title,
         description,
         panel_targets,
-        unit=unit,
-        options=options,
-        defaults=defaults,
+        unit,
+        options,
+        steps=steps,
         size=size,
+        defaults=defaults,
         **kwargs,
     )
 
@@ -474,6 +499,12 @@ def today_stat(
         hideTimeOverride=True,
         **kwargs,
     )
+
+
+def by_device(title: str, description: str, query: str, unit: str, **kwargs: Any) -> dict[str, Any]:
+    """A graph of one query, a series per device (named by the device alone)."""
+    kwargs.setdefault("size", (8, 8))
+    return timeseries(title, description, [target(query, "A", alias="$tag_name")], unit, **kwargs)
 
 
 def energy_bars(
@@ -1223,31 +1254,21 @@ def fleet() -> dict[str, Any]:
             size=(4, 5),
             overrides=[override("byRegexp", "/online/", thresholds=thresholds((None, RED), (1, GREEN)))],
         ),
-        stat(
-            "Solar now",
-            "Solar input of all devices, now",
-            targets(fleet_sum("pv_input_w", "solar"), alias="$col"),
-            "watt",
-            graph=False,
-            size=(4, 5),
-        ),
-        stat(
-            "Input now",
-            "Input power of all devices, now",
-            targets(fleet_sum("input_w", "input"), alias="$col"),
-            "watt",
-            graph=False,
-            size=(4, 5),
-        ),
-        stat(
-            "Output now",
-            "Output power of all devices, now",
-            targets(fleet_sum("output_w", "output"), alias="$col"),
-            "watt",
-            graph=False,
-            size=(4, 5),
-        ),
-        stat(
+        *[
+            stat(
+                title,
+                f"{what} of all devices, now",
+                targets(fleet_sum(field, label), alias="$col"),
+                "watt",
+                graph=False,
+            )
+            for title, what, field, label in (
+                ("Solar now", "Solar input", "pv_input_w", "solar"),
+                ("Input now", "Input power", "input_w", "input"),
+                ("Output now", "Output power", "output_w", "output"),
+            )
+        ],
+        today_stat(
             "Energy today",
             "Solar and output energy of all devices since midnight (browser time), from the collector's "
             "energy counters (ecoflow_energy)",
@@ -1257,11 +1278,6 @@ def fleet() -> dict[str, Any]:
                 ),
                 alias="$col",
             ),
-            KWH,
-            graph=False,
-            decimals=2,
-            timeFrom="now/d",
-            hideTimeOverride=True,
             size=(8, 5),
         ),
         devices_table,
@@ -1306,36 +1322,27 @@ def fleet() -> dict[str, Any]:
             hideTimeOverride=True,
             defaults={"decimals": 2, "color": {"mode": "continuous-BlPu"}},
         ),
-        timeseries(
+        by_device(
             "State of charge over time",
             "State of charge of every device",
-            [target(series(s, [("soc_percent", "SoC")], where=dev), "A", alias="$tag_name")],
+            series(s, [("soc_percent", "SoC")], where=dev),
             "percent",
             minmax=(0, 100),
-            size=(8, 8),
         ),
-        timeseries(
-            "Output power",
-            "Output power of every device",
-            [target(series(s, [("output_w", "output")], where=dev), "A", alias="$tag_name")],
-            "watt",
-            soft_min=0,
-            size=(8, 8),
-        ),
-        timeseries(
-            "Solar input",
-            "Solar input of every device",
-            [target(series(s, [("pv_input_w", "solar")], where=dev), "A", alias="$tag_name")],
-            "watt",
-            soft_min=0,
-            size=(8, 8),
-        ),
-        timeseries(
+        *[
+            by_device(
+                title, f"{title} of every device", series(s, [(field, label)], where=dev), "watt", soft_min=0
+            )
+            for title, field, label in (
+                ("Output power", "output_w", "output"),
+                ("Solar input", "pv_input_w", "solar"),
+            )
+        ],
+        by_device(
             "Battery power",
             "Battery power of every device: positive = charging",
-            [target(series(s, [("battery_w", "battery")], where=dev), "A", alias="$tag_name")],
+            series(s, [("battery_w", "battery")], where=dev),
             "watt",
-            size=(8, 8),
         ),
     ]
     variables = [
@@ -1468,6 +1475,11 @@ FLOWS = [
     ("battery_charge_wh", "battery charge"),
     ("battery_discharge_wh", "battery discharge"),
 ]
+CALENDAR_FLEET = {
+    "month": "All chosen devices per calendar month (browser time zone) of the last 12 months, from the "
+    "hourly rollups (ecoflow_energy_1h, data source 'Rollups')",
+    "year": "All chosen devices per calendar year of the last 5 years (hourly rollups)",
+}
 SELF_CONSUMPTION = (
     "Self-consumption = battery charge ÷ solar × 100 %: the share of the solar energy that did not leave "
     "the device as output at once but was stored in its battery for later own use. With the five flows "
@@ -1514,84 +1526,61 @@ def energy_dashboard() -> dict[str, Any]:
             hideTimeOverride=True,
             overrides=[override("byName", "name", displayName="Device", unit="string")],
         ),
-        stat(
+        today_stat(
             "Fleet today",
             "All chosen devices together since midnight (browser time)",
             targets(fleet(FLOWS[:3], None), alias="$col"),
-            KWH,
-            graph=False,
-            decimals=2,
             size=(8, 6),
-            timeFrom="now/d",
-            hideTimeOverride=True,
         ),
         row("Per day"),
-        timeseries(
-            "Solar per day",
-            "Solar energy per device and day; days start at midnight in the 'Day boundary' time zone",
-            [target(daily(e, [("pv_input_wh", "solar")], True), "A", alias="$tag_name")],
-            KWH,
-            bars=True,
-            calcs=("sum", "mean"),
-            size=(12, 8),
-        ),
-        timeseries(
-            "Output per day",
-            "Output energy per device and day",
-            [target(daily(e, [("output_wh", "output")], True), "A", alias="$tag_name")],
-            KWH,
-            bars=True,
-            calcs=("sum", "mean"),
-            size=(12, 8),
-        ),
-        timeseries(
+        *[
+            energy_bars(
+                title, description, [target(daily(e, [flow], True), "A", alias="$tag_name")], size=(12, 8)
+            )
+            for title, description, flow in (
+                (
+                    "Solar per day",
+                    "Solar energy per device and day; days start at midnight in the 'Day boundary' time zone",
+                    ("pv_input_wh", "solar"),
+                ),
+                ("Output per day", "Output energy per device and day", ("output_wh", "output")),
+            )
+        ],
+        energy_bars(
             "Fleet energy per day",
             "The five flows of all chosen devices together per day: solar, all input (solar, AC, car), "
             "all output, battery charge and discharge",
             targets(daily(e, FLOWS, False), alias="$col"),
-            KWH,
-            bars=True,
-            calcs=("sum", "mean"),
             size=(24, 8),
         ),
         row("Per month and year (hourly rollups)"),
-        calendar_bars(
-            "Fleet energy per month",
-            "All chosen devices per calendar month (browser time zone) of the last 12 months, from the "
-            "hourly rollups (ecoflow_energy_1h, data source 'Rollups')",
-            daily(ENERGY_1H, FLOWS, False),
-            [label for _f, label in FLOWS],
-            period="YYYY-MM",
-            per_device=False,
-            time_from="1y",
-        ),
-        calendar_bars(
-            "Solar per month by device",
-            "Solar energy of each device per calendar month of the last 12 months (hourly rollups)",
-            daily(ENERGY_1H, [("pv_input_wh", "solar")], True),
-            ["solar"],
-            period="YYYY-MM",
-            per_device=True,
-            time_from="1y",
-        ),
-        calendar_bars(
-            "Fleet energy per year",
-            "All chosen devices per calendar year of the last 5 years (hourly rollups)",
-            daily(ENERGY_1H, FLOWS, False),
-            [label for _f, label in FLOWS],
-            period="YYYY",
-            per_device=False,
-            time_from="5y",
-        ),
-        calendar_bars(
-            "Solar per year by device",
-            "Solar energy of each device per calendar year of the last 5 years (hourly rollups)",
-            daily(ENERGY_1H, [("pv_input_wh", "solar")], True),
-            ["solar"],
-            period="YYYY",
-            per_device=True,
-            time_from="5y",
-        ),
+        *[
+            calendar_bars(
+                title,
+                description,
+                daily(ENERGY_1H, flows, per_device),
+                [label for _f, label in flows],
+                period=period,
+                per_device=per_device,
+                time_from=time_from,
+            )
+            for period, time_from, span in (("YYYY-MM", "1y", "month"), ("YYYY", "5y", "year"))
+            for title, description, flows, per_device in (
+                (
+                    f"Fleet energy per {span}",
+                    CALENDAR_FLEET[span],
+                    FLOWS,
+                    False,
+                ),
+                (
+                    f"Solar per {span} by device",
+                    f"Solar energy of each device per calendar {span} of the last "
+                    f"{'12 months' if span == 'month' else '5 years'} (hourly rollups)",
+                    [("pv_input_wh", "solar")],
+                    True,
+                ),
+            )
+        ],
         row("Coverage"),
         bargauge(
             "Coverage",
@@ -1752,6 +1741,14 @@ def collector_health() -> dict[str, Any]:
             f'GROUP BY "instance"'
         )
 
+    def per_instance(
+        title: str, description: str, queries: Sequence[str], unit: str, **kwargs: Any
+    ) -> dict[str, Any]:
+        """A graph of counters per collector instance (from 0)."""
+        kwargs.setdefault("size", (12, 8))
+        panel_targets = targets(*queries, alias="$tag_instance $col")
+        return timeseries(title, description, panel_targets, unit, soft_min=0, **kwargs)
+
     connected = value_mappings({"0": "disconnected", "1": "connected"}, {"0": RED, "1": GREEN})
     alias = "$col"
     items = [
@@ -1806,71 +1803,54 @@ def collector_health() -> dict[str, Any]:
             graph=False,
         ),
         row("Traffic"),
-        timeseries(
+        per_instance(
             "Messages per second",
             "MQTT messages received per second, by topic, and rejected payloads",
-            targets(
-                (
-                    rate(
-                        [
-                            ("messages_quota", "quota"),
-                            ("messages_status", "status"),
-                            ("messages_set_reply", "set_reply"),
-                            ("messages_rejected", "rejected"),
-                        ]
-                    ),
-                    "$tag_instance $col",
+            [
+                rate(
+                    [
+                        ("messages_quota", "quota"),
+                        ("messages_status", "status"),
+                        ("messages_set_reply", "set_reply"),
+                        ("messages_rejected", "rejected"),
+                    ]
                 )
-            ),
+            ],
             "cps",
-            size=(12, 8),
-            soft_min=0,
         ),
-        timeseries(
+        per_instance(
             "Points written per second",
             "Points InfluxDB accepted per second",
-            targets((rate([("points_written", "points")]), "$tag_instance $col")),
+            [rate([("points_written", "points")])],
             "cps",
-            size=(12, 8),
-            soft_min=0,
         ),
         row("Problems"),
-        timeseries(
+        per_instance(
             "Write problems per minute",
             "Failed InfluxDB write requests; points that went to the spool, were set aside as rejected "
             "(400/422) or were dropped (spool full); HTTP errors talking to EcoFlow",
-            targets(
-                (
-                    rate(
-                        [
-                            ("write_errors", "failed writes"),
-                            ("points_spooled", "spooled"),
-                            ("points_rejected", "rejected"),
-                            ("points_dropped", "dropped"),
-                            ("http_errors", "EcoFlow HTTP errors"),
-                        ],
-                        per="1m",
-                    ),
-                    "$tag_instance $col",
+            [
+                rate(
+                    [
+                        ("write_errors", "failed writes"),
+                        ("points_spooled", "spooled"),
+                        ("points_rejected", "rejected"),
+                        ("points_dropped", "dropped"),
+                        ("http_errors", "EcoFlow HTTP errors"),
+                    ],
+                    per="1m",
                 )
-            ),
+            ],
             "cpm",
-            size=(12, 8),
-            soft_min=0,
         ),
-        timeseries(
+        per_instance(
             "Spool depth",
             "What waits in the on-disk spool for InfluxDB",
-            targets(
-                (
-                    gauge_series([("spool_depth", "batches"), ("spool_points", "points")]),
-                    "$tag_instance $col",
-                ),
-                (gauge_series([("spool_bytes", "bytes")]), "$tag_instance $col"),
-            ),
+            [
+                gauge_series([("spool_depth", "batches"), ("spool_points", "points")]),
+                gauge_series([("spool_bytes", "bytes")]),
+            ],
             "none",
-            size=(12, 8),
-            soft_min=0,
             overrides=[override("byRegexp", "/bytes$/", unit="decbytes", custom__axisPlacement="right")],
         ),
         row("Connections and polls"),
@@ -1882,31 +1862,20 @@ def collector_health() -> dict[str, Any]:
             steps=thresholds((None, RED), (1, GREEN)),
             size=(12, 6),
         ),
-        timeseries(
+        per_instance(
             "Fallback polls and reconnects per minute",
             "HTTP quota/all polls made because MQTT was down or a device's data was stale, and MQTT "
             "(re)connects",
-            targets(
-                (
-                    rate(
-                        [("fallback_polls", "fallback polls"), ("mqtt_connects", "MQTT connects")], per="1m"
-                    ),
-                    "$tag_instance $col",
-                )
-            ),
+            [rate([("fallback_polls", "fallback polls"), ("mqtt_connects", "MQTT connects")], per="1m")],
             "cpm",
             size=(12, 6),
-            soft_min=0,
         ),
-        timeseries(
+        per_instance(
             "Devices",
             "Devices known and online",
-            targets(
-                (gauge_series([("devices", "known"), ("devices_online", "online")]), "$tag_instance $col")
-            ),
+            [gauge_series([("devices", "known"), ("devices_online", "online")])],
             "none",
             size=(24, 6),
-            soft_min=0,
             step=True,
         ),
     ]

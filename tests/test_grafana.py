@@ -391,6 +391,12 @@ acEnabled = { kind = "setting", desc = "AC output switch", values = { "0" = "off
 maxWatts = { unit = "W", kind = "setting", desc = "Output limit", range = [0, 500] }
 mode = { kind = "enum", desc = "Operating mode", values = { "0" = "idle", "1" = "running" } }
 fw = { kind = "identifier", desc = "Firmware version" }
+
+[[groups]]
+prefixes = ["task"]
+hide = true
+[groups.fields]
+hour = { kind = "setting", desc = "Start hour", range = [0, 23] }
 """
 
 
@@ -403,8 +409,8 @@ def _product(tmp_path: Path, text: str) -> Product:
 def test_a_product_file_without_hints_gets_the_default_dashboard(tmp_path: Path) -> None:
     """Measurements with a unit by group and quantity (rows by quantity), settings as state timelines
     by group, unit and labels, error codes in the table; not arrays, counters, unitless figures,
-    enums, identifiers or hidden fields; the summary makes the header and the energy panels, and its
-    sign (battery_w = -dsgWatts) the sign of the battery panels."""
+    enums, identifiers, hidden fields or hidden groups; the summary makes the header and the energy
+    panels, and its sign (battery_w = -dsgWatts) the sign of the battery panels."""
     board = BUILD.product_dashboard(_product(tmp_path, PLAIN_PRODUCT))
     assert board["uid"] == "ecoflow-test_box" and board["title"] == "EcoFlow Test Box"
     layout = [(p["type"], p["title"], _panel_keys(p) if p["type"] != "row" else []) for p in board["panels"]]
@@ -527,6 +533,15 @@ VOLTS = 'desc = "AC output voltage"'
             "row 'Power' with several panels: give each panel its row in [dashboard.panels]",
         ),
         ([(POWER, f'{POWER}, panel = ["P", "P"]')], "names a panel twice"),
+        (
+            [
+                (
+                    'desc = "Start hour", range = [0, 23] }',
+                    'desc = "Start hour", range = [0, 23], panel = "P" }',
+                )
+            ],
+            "hide with a panel: a hidden group's fields take no panel",
+        ),
         ([(POWER, f'{POWER}, panel = ""')], "a panel title is empty"),
     ],
 )

@@ -52,7 +52,7 @@ def slugify(product_name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", product_name.lower()).strip("_") or "unknown"
 
 
-def _compile_spec(key: str, entry: FieldEntry, group: str) -> FieldSpec:
+def _compile_spec(key: str, entry: FieldEntry, group: str, hide: bool) -> FieldSpec:
     unit = DEVICE_UNITS[entry.unit]
     mul, div = (unit.factor, 1.0) if unit.factor >= 1 else (1.0, float(round(1 / unit.factor)))
     return FieldSpec(
@@ -70,7 +70,7 @@ def _compile_spec(key: str, entry: FieldEntry, group: str) -> FieldSpec:
         panels=entry.panel,
         row=entry.row,
         label=entry.label,
-        hide=entry.hide,
+        hide=entry.hide or hide,
         group=group,
         mul=mul,
         div=div,
@@ -86,7 +86,7 @@ def _compile(path: Path, data: ProductFile) -> Product:
                 key = f"{prefix}.{suffix}" if prefix else suffix
                 if key in fields or any(spec.key == key for _, spec in patterns):
                     raise CatalogError(f"{path}: key {key!r} is declared twice")
-                spec = _compile_spec(key, entry, group.prefixes[0])
+                spec = _compile_spec(key, entry, group.prefixes[0], group.hide)
                 if "#" in key:
                     regex = re.escape(key).replace("\\#", "#").replace("#", r"\d+")
                     patterns.append((re.compile(regex), spec))

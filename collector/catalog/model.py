@@ -143,6 +143,13 @@ class GroupEntry(BaseModel):
 
     prefixes: tuple[str, ...] = Field(min_length=1)
     fields: dict[str, FieldEntry] = Field(min_length=1)
+    hide: bool = False  # every field's `hide` (scheduled tasks, configuration records: not plotted)
+
+    @model_validator(mode="after")
+    def _hidden_fields_have_no_panel(self) -> GroupEntry:
+        if self.hide and any(entry.panel for entry in self.fields.values()):
+            raise ValueError("hide with a panel: a hidden group's fields take no panel")
+        return self
 
 
 class SettingEntry(BaseModel):
