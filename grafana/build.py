@@ -1,4 +1,8 @@
-"""Generates grafana/dashboards/*.json (the dashboards are code; edit here, then run this).
+"""Generates grafana/dashboards/*.json (the dashboards are code; edit here or the catalog, then run this).
+
+One dashboard per catalog product (`<slug>.json`, uid `ecoflow-<slug>`), made from its catalog file
+(summary, kinds, units, dashboard hints: CONTRIBUTING.md) and PRODUCT_EXTRAS; and the fleet overview,
+collector health and energy dashboards.
 
     python3 grafana/build.py            # rewrite grafana/dashboards/*.json and the alerting files
     python3 grafana/build.py --check    # exit 1 if a file differs from what this script makes
