@@ -4,13 +4,23 @@ Environment variables are named `ECOFLOW_COLLECTOR_<SECTION>__<KEY>` (upper case
 `ECOFLOW_COLLECTOR_ECOFLOW__SECRET_KEY`, `ECOFLOW_COLLECTOR_INFLUXDB__TOKEN`; the device list is
 `ECOFLOW_COLLECTOR_DEVICES` as JSON. Environment beats the file. Secrets are `SecretStr`: they print
 as `**********` and never appear in errors.
+
+Several EcoFlow accounts: `[[accounts]]` (see :class:`AccountEntry`); `[ecoflow]` alone is the
+one-account form, the account named `default`. An account's keys come from the environment by
+its name: `ECOFLOW_COLLECTOR_ACCOUNTS__<NAME>__<KEY>` (`<NAME>` upper case, e.g.
+`ECOFLOW_COLLECTOR_ACCOUNTS__HOME__SECRET_KEY`; `..._ACCOUNTS__HOME__MQTT__PASSWORD` for a key of its
+`mqtt` table; a list such as `devices` as JSON), merged into the `[[accounts]]` entry of that name,
+or making a new account when the file has none of that name.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import json
 import os
 import re
 import tomllib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -23,7 +33,13 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
 
 ENV_PREFIX = "ECOFLOW_COLLECTOR_"
 REGIONS = {
@@ -162,6 +178,85 @@ class DeviceEntry(BaseModel):
     product: str | None = None  # a catalog slug (powerstream, delta_pro) or a product name
 
 
+DEFAULT_ACCOUNT = "default"  # the name of the one-account form ([ecoflow])
+ACCOUNTS_ENV = ENV_PREFIX + "ACCOUNTS__"
+_ACCOUNT_NAME = r"^[A-Za-z0-9_]{1,40}$"  # usable in an environment variable's name
+
+
+class AccountMqtt(BaseModel):
+    """Per-account overrides of the certification answer (the `[mqtt]` keys of that kind); what
+    is not set here comes from `[mqtt]`, then from the certification endpoint."""
+
+    model_config = _SECTION
+
+    host: str | None = None
+    port: int | None = Field(None, ge=1, le=65535)
+    tls: bool | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    client_id: str | None = Field(None, min_length=1, max_length=64)
+    ca_file: Path | None = None
+
+    @field_validator("ca_file")
+    @classmethod
+    def _ca_exists(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"no such file: {path}")
+        return path
+
+
+class AccountEntry(BaseModel):
+    """One `[[accounts]]` entry: an EcoFlow developer account with its own keys, MQTT session
+    (and persisted client id), retry budget and circuit breaker.
+
+    Devices: `devices` (like `[[devices]]`: when given, exactly these), and/or `include` / `exclude`
+    serial patterns (shell-style, `HW51*`): a device is collected when it is in `devices` (or
+    there is no such list), matches an `include` pattern (or there is none), and matches no
+    `exclude` pattern."""
+
+    model_config = _SECTION
+
+    name: str = Field(pattern=_ACCOUNT_NAME)
+    api_url: str | None = Field(None, pattern=r"^https?://[^/\s]+/?$")  # default: [ecoflow] api_url
+    access_key: SecretStr | None = None
+    secret_key: SecretStr | None = None
+    timeout_s: float | None = Field(None, gt=0, le=120)  # default: [ecoflow] timeout_s
+    mqtt: AccountMqtt = AccountMqtt()
+    devices: list[DeviceEntry] = []
+    include: list[str] = []
+    exclude: list[str] = []
+
+
+@dataclass(frozen=True)
+class AccountSettings:
+    """One account as the collector runs it: `[[accounts]]` merged over `[ecoflow]` and `[mqtt]`."""
+
+    name: str
+    ecoflow: EcoflowSection
+    mqtt: MqttSection
+    devices: tuple[DeviceEntry, ...] = ()
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    from_ecoflow: bool = True  # the one-account form ([ecoflow]), not an [[accounts]] entry
+
+    def wants(self, sn: str) -> bool:
+        """Whether a serial of the account's device list is collected (devices, include, exclude)."""
+        if self.devices and all(d.sn != sn for d in self.devices):
+            return False
+        if self.include and not any(fnmatch.fnmatchcase(sn, p) for p in self.include):
+            return False
+        return not any(fnmatch.fnmatchcase(sn, p) for p in self.exclude)
+
+    def env_name(self, key: str) -> str:
+        """The environment variable of one of its keys (`access_key` -> ..._ACCESS_KEY)."""
+        if self.from_ecoflow:
+            return f"{ENV_PREFIX}ECOFLOW__{key.upper()}"
+        return f"{ACCOUNTS_ENV}{self.name.upper()}__{key.upper()}"
+
+    def where(self) -> str:
+        return "[ecoflow]" if self.from_ecoflow else f"[[accounts]] {self.name}"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", case_sensitive=False
@@ -175,6 +270,69 @@ class Settings(BaseSettings):
     history: HistorySection = HistorySection()
     logging: LoggingSection = LoggingSection()
     devices: list[DeviceEntry] = []
+    accounts: list[AccountEntry] = []
+
+    @model_validator(mode="after")
+    def _accounts_or_ecoflow(self) -> Settings:
+        if not self.accounts:
+            return self
+        names = [a.name.lower() for a in self.accounts]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"accounts: the name {twice[0]!r} is used twice (names are case-insensitive)")
+        if self.ecoflow.access_key or self.ecoflow.secret_key:
+            raise ValueError(
+                "[ecoflow] access_key/secret_key and [[accounts]] both given: put the keys of every "
+                "account in its [[accounts]] entry (or ECOFLOW_COLLECTOR_ACCOUNTS__<NAME>__...), "
+                "or use [ecoflow] alone"
+            )
+        if self.devices:
+            raise ValueError(
+                "[[devices]] with [[accounts]]: list each account's devices in its entry (devices)"
+            )
+        if self.mqtt.client_id:
+            raise ValueError(
+                "[mqtt] client_id with [[accounts]]: each account's MQTT session needs its own id "
+                "(set client_id in the account's mqtt table, or leave it to the collector)"
+            )
+        seen: dict[str, str] = {}
+        for account in self.accounts:
+            for device in account.devices:
+                if device.sn in seen:
+                    raise ValueError(
+                        f"device {device.sn} is listed in the accounts {seen[device.sn]} and {account.name}"
+                    )
+                seen[device.sn] = account.name
+        return self
+
+    def account_settings(self) -> list[AccountSettings]:
+        """Every account the collector runs, in config order (the one-account form: `default`)."""
+        if not self.accounts:
+            return [AccountSettings(DEFAULT_ACCOUNT, self.ecoflow, self.mqtt, tuple(self.devices))]
+        accounts = []
+        for entry in self.accounts:
+            ecoflow = self.ecoflow.model_copy(
+                update={
+                    "api_url": entry.api_url or self.ecoflow.api_url,
+                    "access_key": entry.access_key,
+                    "secret_key": entry.secret_key,
+                    "timeout_s": entry.timeout_s or self.ecoflow.timeout_s,
+                }
+            )
+            overrides = entry.mqtt.model_dump(exclude_unset=True)
+            mqtt = self.mqtt.model_copy(update=overrides)
+            accounts.append(
+                AccountSettings(
+                    entry.name,
+                    ecoflow,
+                    mqtt,
+                    tuple(entry.devices),
+                    tuple(entry.include),
+                    tuple(entry.exclude),
+                    from_ecoflow=False,
+                )
+            )
+        return accounts
 
     @model_validator(mode="after")
     def _watchdog_before_offline(self) -> Settings:
@@ -195,10 +353,85 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # the file's values come in as init arguments; the environment overrides them
-        return (env_settings, init_settings) if cls.use_environment else (init_settings,)
+        # the file's values come in as init arguments; the environment overrides them (accounts'
+        # variables are merged into the file's accounts by name, not by pydantic-settings)
+        if not cls.use_environment:
+            return (init_settings,)
+        return (_EnvWithoutAccounts(settings_cls), _AccountsFromEnv(settings_cls, init_settings))
 
     use_environment: ClassVar[bool] = True
+
+
+class _EnvWithoutAccounts(EnvSettingsSource):
+    """The environment as pydantic-settings reads it, but for the accounts' variables."""
+
+    def _load_env_vars(self) -> dict[str, str | None]:
+        loaded = super()._load_env_vars()
+        prefix = ENV_PREFIX.lower() + "accounts"
+        return {k: v for k, v in loaded.items() if not k.lower().startswith(prefix)}
+
+
+def _env_value(text: str) -> Any:
+    stripped = text.strip()
+    if stripped[:1] in ("[", "{"):
+        try:
+            return json.loads(stripped)
+        except ValueError:
+            raise SettingsError(
+                'error parsing value for field "accounts" from source "environment"'
+            ) from None
+    return text
+
+
+def merge_account_env(accounts: Any, environ: dict[str, str]) -> Any:
+    """`ECOFLOW_COLLECTOR_ACCOUNTS` (a JSON list) replaces the file's `[[accounts]]`; then each
+    `ECOFLOW_COLLECTOR_ACCOUNTS__<NAME>__<KEY>[__<KEY>]` sets a key of the account of that name
+    (case-insensitive), which is added when there is none."""
+    whole = next((v for k, v in environ.items() if k.upper() == ENV_PREFIX + "ACCOUNTS"), None)
+    if whole is not None:
+        accounts = _env_value(whole)
+    keyed = sorted((k.upper(), v) for k, v in environ.items() if k.upper().startswith(ACCOUNTS_ENV))
+    if not keyed:
+        return accounts
+    entries = [
+        dict(e) if isinstance(e, dict) else e for e in (accounts if isinstance(accounts, list) else [])
+    ]
+    for variable, value in keyed:
+        parts = variable[len(ACCOUNTS_ENV) :].split("__")
+        if len(parts) < 2 or not all(parts):
+            continue
+        name, path = parts[0], [p.lower() for p in parts[1:]]
+        entry = next(
+            (e for e in entries if isinstance(e, dict) and str(e.get("name", "")).upper() == name), None
+        )
+        if entry is None:
+            entry = {"name": name.lower()}
+            entries.append(entry)
+        target = entry
+        for key in path[:-1]:
+            inner = target.get(key)
+            target[key] = inner = dict(inner) if isinstance(inner, dict) else {}
+            target = inner
+        target[path[-1]] = _env_value(value)
+    return entries
+
+
+class _AccountsFromEnv(PydanticBaseSettingsSource):
+    """The file's values (init arguments) with the accounts' environment variables merged in."""
+
+    def __init__(self, settings_cls: type[BaseSettings], init: PydanticBaseSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self._init = init
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ gives everything
+
+    def __call__(self) -> dict[str, Any]:
+        data = dict(self._init())
+        accounts = merge_account_env(data.get("accounts", []), dict(os.environ))
+        if accounts:
+            data["accounts"] = accounts
+        return data
 
 
 class _ValuesOnly(Settings):
@@ -242,7 +475,7 @@ def load_settings(path: Path | None) -> Settings:
         hint = f" (environment overrides in effect: {', '.join(env_keys)})" if env_keys else ""
         raise ConfigError(f"config {source}: {describe_errors(exc)}{hint}") from None
     seen: set[str] = set()
-    for device in settings.devices:
+    for device in [d for account in settings.account_settings() for d in account.devices]:
         if device.sn in seen:
             raise ConfigError(f"config {source}: devices: serial {device.sn} is listed twice")
         seen.add(device.sn)

@@ -1,4 +1,5 @@
-"""The daemon: wires sources (MQTT, HTTP) -> ingest -> sink, and runs the schedules.
+"""The daemon: wires each account's sources (MQTT, HTTP: :mod:`collector.account`) -> one ingest
+-> one sink, and runs the schedules.
 
 Threads: paho's network thread delivers MQTT messages, the HTTP source's poll workers deliver
 `quota/all` answers, both to the ingest (:mod:`collector.ingest`); APScheduler runs the time-driven
@@ -9,48 +10,50 @@ injected clock, so tests drive them directly.
 
 from __future__ import annotations
 
-import re
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from collector.account import AccountSources
 from collector.api.client import EcoflowClient
-from collector.api.errors import ApiError
 from collector.catalog import Catalog
-from collector.config import Settings
+from collector.config import AccountSettings, Settings
 from collector.decoding import TopicKind
 from collector.history.energy import EnergyCounters, Restorer
 from collector.ingest import Ingest, RejectLog, wall_clock_ms
 from collector.points import COLLECTOR_MEASUREMENT, Device, Point
 from collector.sink import Sink
 from collector.sources.credentials import mqtt_credentials
-from collector.sources.http import HttpSource
-from collector.sources.mqtt import MqttCredentials, MqttSource
+from collector.sources.mqtt import MqttCredentials
 from collector.state import DeviceState
 
 __all__ = ["Collector", "RejectLog", "shard_of", "wall_clock_ms"]
 
 log = structlog.get_logger("collector.daemon")
 
-# a serial that can be a topic level (no MQTT wildcards or separators) and a tag value
-_SAFE_SERIAL = re.compile(r"^[A-Za-z0-9_*-]{4,40}$")
 _LIST_RETRY_S = (10, 30, 60, 120, 300)  # device list retries while it has never been read
 
 
 class Collector:
+    """Every configured account's sources -> one ingest -> one sink, and the schedules.
+
+    ``client`` and ``client_id`` are those of the one account (the one-account form, or one
+    `[[accounts]]` entry), or mappings by account name (several accounts). Attributes of the one
+    account (``client``, ``mqtt``, ``http``, ``poller``) are those of the first account."""
+
     def __init__(
         self,
         settings: Settings,
         catalog: Catalog,
-        client: EcoflowClient,
+        client: EcoflowClient | Mapping[str, EcoflowClient],
         sink: Sink,
-        client_id: str,
+        client_id: str | Mapping[str, str],
         clock_ms: Callable[[], int] = wall_clock_ms,
         shard: tuple[int, int] | None = None,
         energy_restore: Restorer | None = None,
@@ -58,19 +61,14 @@ class Collector:
     ) -> None:
         self.settings = settings
         self.catalog = catalog
-        self.client = client
         self.sink = sink
         self.clock_ms = clock_ms
         self._shard = shard
         self._rollup_job = rollup_job  # the hourly rollups ([history]); None where there is no InfluxDB
         self._scheduler: BackgroundScheduler | None = None
-        self._list_read = False  # the device list was read at least once
-        self._list_failures = 0
         self._summary_last: dict[str, int] = {}  # the totals at the last `collector.summary`
         self._summary_at_ms = clock_ms()
         c = settings.collector
-        self._stale_ms = int(c.stale_after_s * 1000)
-        self._watchdog_ms = int(settings.mqtt.watchdog_s * 1000)
         self.energy = EnergyCounters(
             c.state_dir / "energy.json", max_gap_s=settings.energy.max_gap_s, restore=energy_restore
         )
@@ -78,27 +76,40 @@ class Collector:
         self.registry = self.ingest.registry
         self.pipeline = self.ingest.pipeline
         self.rejects = self.ingest.rejects
-        self.mqtt = MqttSource(
-            client_id=client_id,
-            credentials=self.mqtt_credentials,
-            on_message=self.handle_message,
-            clock_ms=clock_ms,
-            keepalive_s=settings.mqtt.keepalive_s,
-            reconnect_max_s=settings.mqtt.reconnect_max_s,
-            on_connected=self._after_connect,
-        )
-        self.http = HttpSource(
-            client,
-            devices=self.registry.states,
-            lookup=self.registry.get,
-            deliver=self.ingest.quota_all,
-            mqtt_connected=lambda: self.mqtt.connected,
-            clock_ms=clock_ms,
-            stale_after_s=c.stale_after_s,
-        )
-        self.poller = self.http.poller
-        self.polls = self.http.polls  # reason -> quota/all calls
-        self.http_errors = self.http.errors
+        configured = settings.account_settings()
+        clients = _by_account(client, configured, "client")
+        client_ids = _by_account(client_id, configured, "client_id")
+        self.accounts = [
+            AccountSources(
+                account,
+                settings,
+                catalog,
+                clients[account.name],
+                client_ids[account.name],
+                self.ingest,
+                clock_ms,
+                owns=self.owns,
+                tagged=len(configured) > 1,
+            )
+            for account in configured
+        ]
+        first = self.accounts[0]
+        self.client = first.client
+        self.mqtt = first.mqtt
+        self.http = first.http
+        self.poller = first.http.poller
+
+    def account(self, name: str) -> AccountSources:
+        return next(a for a in self.accounts if a.name == name)
+
+    @property
+    def polls(self) -> Counter[str]:
+        """quota/all calls by reason, all accounts."""
+        return sum((Counter(a.http.polls) for a in self.accounts), Counter())
+
+    @property
+    def http_errors(self) -> Counter[str]:
+        return sum((Counter(a.http.errors) for a in self.accounts), Counter())
 
     @property
     def last_delivery_ms(self) -> int:
@@ -107,119 +118,87 @@ class Collector:
     # --- devices -------------------------------------------------------------------------------
 
     def owns(self, sn: str) -> bool:
-        """Whether this instance collects the device (sharding by a stable hash of the serial)."""
+        """Whether this instance collects the device (sharding by a stable hash of the serial,
+        across the devices of every account)."""
         if self._shard is None:
             return True
         index, count = self._shard
         return shard_of(sn, count) == index
 
     def add_devices(self, devices: Iterable[Device]) -> list[DeviceState]:
-        """Register devices (or take their new name/product); returns the new ones, subscribed."""
-        added = []
-        with self.ingest.lock:
-            for device in devices:
-                if not self.owns(device.sn):
-                    continue
-                new = device.sn not in self.registry.devices
-                state = self.registry.add(device)
-                if new:
-                    added.append(state)
-                    log.debug("device.added", sn=device.sn, name=device.name, product=device.slug)
-        if added:
-            log.info("devices.added", count=len(added), devices=len(self.registry))
-            self.mqtt.add_devices(s.device.sn for s in added)
-        return added
+        """Register devices of the first account; returns the new ones, subscribed."""
+        return self.accounts[0].add_devices(devices)
 
     def configured_devices(self) -> list[Device]:
-        return [Device.resolve(self.catalog, d.sn, d.name, d.product) for d in self.settings.devices]
+        return [device for account in self.accounts for device in account.configured_devices()]
 
     def refresh_device_list(self, poll_new: bool = True) -> None:
-        """Discover devices (when none are configured), take names and products the config does
-        not give, and the list's online flags."""
-        try:
-            listed = self.client.device_list()
-        except ApiError as exc:
-            self.http.note_error(exc)
-            self._list_failures += 1
-            # one warning when it starts failing; the retries and refreshes after it at debug
-            (log.warning if self._list_failures == 1 else log.debug)(
-                "device_list.failed", error=str(exc), failures=self._list_failures
-            )
-            self._retry_device_list()
-            return
-        self.http.note_success()
-        if self._list_failures:
-            log.info("device_list.recovered", failures=self._list_failures)
-        self._list_read = True
-        self._list_failures = 0
-        configured = {d.sn: d for d in self.settings.devices}
-        devices: list[Device] = []
-        for info in listed:
-            entry = configured.get(info.sn)
-            if configured and entry is None:
-                continue  # an explicit device list in the config is the whole list
-            if not _SAFE_SERIAL.match(info.sn):
-                log.warning("device_list.unusable_serial", sn=info.sn[:60])
-                continue
-            name = (entry.name if entry else None) or info.deviceName
-            product = (entry.product if entry else None) or info.productName
-            devices.append(Device.resolve(self.catalog, info.sn, name, product))
-        new = {state.device.sn for state in self.add_devices(devices)}
-        for info in listed:
-            state = self.registry.get(info.sn)
-            if state is not None:
-                self.ingest.take_listed(state, bool(info.online))
-                if poll_new and info.sn in new:
-                    self.http.request(state, "discovered")
+        """Every account's device list (see :meth:`AccountSources.refresh_device_list`)."""
+        for account in self.accounts:
+            if not account.refresh_device_list(poll_new):
+                self._retry_device_list(account)
 
-    def _retry_device_list(self) -> None:
-        """While the list has never been read and no devices are configured, there is nothing to
-        collect: try again soon (with a backoff) rather than at the next slow refresh."""
-        if self._list_read or self.settings.devices or self._scheduler is None:
+    def _retry_device_list(self, account: AccountSources) -> None:
+        """While an account's list has never been read and it lists no devices, there is nothing
+        to collect from it: try again soon (with a backoff) rather than at the next slow refresh."""
+        if account.list_read or account.account.devices or self._scheduler is None:
             return
-        delay = _LIST_RETRY_S[min(self._list_failures, len(_LIST_RETRY_S)) - 1]
+        delay = _LIST_RETRY_S[min(account.list_failures, len(_LIST_RETRY_S)) - 1]
+
+        def retry() -> None:
+            if not account.refresh_device_list():
+                self._retry_device_list(account)
+
         self._scheduler.add_job(
-            self.refresh_device_list,
+            retry,
             "date",
             run_date=_after(delay),
-            id="device_list_retry",
+            id=f"device_list_retry_{account.name}",
             replace_existing=True,
         )
 
     # --- sources -------------------------------------------------------------------------------
 
     def mqtt_credentials(self) -> MqttCredentials:
-        return mqtt_credentials(self.settings.mqtt, self.client.certification)
+        """The first account's MQTT login (config overrides + the certification answer)."""
+        return mqtt_credentials(self.accounts[0].account.mqtt, self.client.certification)
 
     def handle_message(self, sn: str, kind: TopicKind, payload: bytes) -> None:
-        """Called on paho's thread for every message; never raises."""
-        self.ingest.mqtt_message(sn, kind, payload)
+        """An MQTT message of the first account (paho's thread); never raises."""
+        self.accounts[0].on_message(sn, kind, payload)
 
-    def _after_connect(self) -> None:
-        # every reconnect: seed all devices over HTTP, so what MQTT missed meanwhile is filled in
-        # (the first connect follows the start-up seed, which does that already)
-        if self.mqtt.connects > 1:
-            self.seed_all("connected")
+    def _owner(self, sn: str) -> AccountSources | None:
+        return next((a for a in self.accounts if sn in a.serials), None)
 
     def poll_device(self, sn: str, reason: str) -> None:
-        self.http.poll_device(sn, reason)
+        owner = self._owner(sn)
+        if owner is not None:
+            owner.http.poll_device(sn, reason)
 
     def poll(self, state: DeviceState, reason: str) -> bool:
-        """quota/all for one device; its values go through the same pipeline as MQTT's."""
-        return self.http.poll(state, reason)
+        """quota/all for one device (through its account); its values go through the ingest."""
+        owner = self._owner(state.device.sn)
+        return owner.http.poll(state, reason) if owner is not None else False
 
     def seed_all(self, reason: str) -> int:
         """Queue a poll of every pollable device (those already waiting for one are skipped)."""
-        return self.http.seed_all(reason)
+        return sum(account.http.seed_all(reason) for account in self.accounts)
 
     def check_fallback(self) -> int:
         """Update online states; poll devices whose MQTT data is stale while they should be
-        online, or every device while MQTT is down. Returns the number of polls queued."""
+        online, or every device of an account whose MQTT is down. Returns the polls queued."""
         self.ingest.update_online()
-        return self.http.check_fallback()
+        return sum(account.http.check_fallback() for account in self.accounts)
 
     def poll_all_periodic(self) -> int:
         return self.seed_all("periodic")
+
+    def check_watchdog(self) -> bool:
+        """Rebuild each MQTT session that is connected but silent although devices should talk."""
+        return sum(account.check_watchdog() for account in self.accounts) > 0
+
+    def mqtt_delivering(self, now: int) -> bool:
+        return all(account.mqtt_delivering(now) for account in self.accounts)
 
     # --- status and self-telemetry ------------------------------------------------------------
 
@@ -227,10 +206,17 @@ class Collector:
         self.ingest.write_all_status()
 
     def telemetry_point(self) -> Point:
+        """`ecoflow_collector`: the process's counters (all accounts summed; `mqtt_connected` is 1
+        only while every account's session is up), tagged with the first account's client id."""
         sink = self.sink.stats()
         reporter = self.pipeline.reporter
-        polls = Counter(self.polls)
-        fields: dict[str, float] = {f"messages_{kind}": float(n) for kind, n in self.mqtt.messages.items()}
+        polls = self.polls
+        mqtts = [a.mqtt for a in self.accounts]
+        now = self.clock_ms()
+        messages: Counter[str] = Counter()
+        for mqtt in mqtts:
+            messages.update(mqtt.messages)
+        fields: dict[str, float] = {f"messages_{kind}": float(n) for kind, n in messages.items()}
         fields.update({f"rejected_{reason}": float(n) for reason, n in self.rejects.counts.items()})
         fields.update({f"polls_{reason}": float(n) for reason, n in polls.items()})
         fields.update(
@@ -238,14 +224,16 @@ class Collector:
                 "messages_rejected": float(sum(self.rejects.counts.values())),
                 "http_errors": float(sum(self.http_errors.values())),
                 "fallback_polls": float(polls["fallback"]),
-                "mqtt_connected": 1.0 if self.mqtt.connected else 0.0,
-                "mqtt_connects": float(self.mqtt.connects),
-                "mqtt_auth_failures": float(self.mqtt.auth_failures),
-                "mqtt_subscribe_refusals": float(self.mqtt.subscribe_refusals),
-                "polls_pending": float(self.poller.pending()),
+                "mqtt_connected": 1.0 if all(m.connected for m in mqtts) else 0.0,
+                "mqtt_connects": float(sum(m.connects for m in mqtts)),
+                "mqtt_auth_failures": float(sum(m.auth_failures for m in mqtts)),
+                "mqtt_subscribe_refusals": float(sum(m.subscribe_refusals for m in mqtts)),
+                "polls_pending": float(sum(a.http.poller.pending() for a in self.accounts)),
                 "devices": float(len(self.registry)),
                 "devices_online": float(self.registry.online_count()),
-                "devices_read_denied": float(len(self.http.refused)),
+                "devices_read_denied": float(sum(len(a.http.refused) for a in self.accounts)),
+                "accounts": float(len(self.accounts)),
+                "accounts_delivering": float(sum(a.health(now)[0] for a in self.accounts)),
                 "unknown_keys": float(reporter.unknown_keys),
                 "non_numeric_values": float(reporter.non_numeric_values),
                 "sentinels_skipped": float(reporter.sentinels_skipped),
@@ -255,7 +243,7 @@ class Collector:
             }
         )
         fields.update(sink.fields())
-        return Point(COLLECTOR_MEASUREMENT, (("instance", self.mqtt.client_id),), fields, self.clock_ms())
+        return Point(COLLECTOR_MEASUREMENT, (("instance", self.mqtt.client_id),), fields, now)
 
     def write_telemetry(self) -> None:
         self.sink.submit([self.telemetry_point()])
@@ -274,7 +262,10 @@ class Collector:
         (and in total), devices online/known, the spool. Returns the fields it logged."""
         sink = self.sink.stats()
         now = self.clock_ms()
-        messages = {f"messages_{kind}": n for kind, n in self.mqtt.messages.items()}
+        counted: Counter[str] = Counter()
+        for account in self.accounts:
+            counted.update(account.mqtt.messages)
+        messages = {f"messages_{kind}": n for kind, n in counted.items()}
         totals = {
             **messages,
             "messages": sum(messages.values()),
@@ -290,61 +281,50 @@ class Collector:
             {f"{key}_total": totals[key] for key in ("messages", "points_written", "rejected", "polls")}
         )
         fields.update(
-            mqtt_connected=self.mqtt.connected,
+            mqtt_connected=all(a.mqtt.connected for a in self.accounts),
             devices_online=self.registry.online_count(),
             devices=len(self.registry),
             spool_points=sink.spool_points,
             spool_bytes=sink.spool_bytes,
         )
+        if len(self.accounts) > 1:
+            fields["accounts_failing"] = sorted(a.name for a in self.accounts if not a.health(now)[0])
         log.info("collector.summary", **fields)
         return fields
 
-    def mqtt_delivering(self, now: int) -> bool:
-        """Connected, and not silent for a watchdog period while devices should be talking."""
-        if not self.mqtt.connected:
-            return False
-        quiet_since = max(self.mqtt.last_message_ms, self.mqtt.connected_at_ms)
-        return now - quiet_since <= self._watchdog_ms or self.registry.expected_online_count() == 0
-
     def health(self) -> tuple[bool, dict[str, Any]]:
+        """Healthy while every account delivers (its MQTT, or its HTTP fallback recently) and the
+        writer is not stuck; `accounts` says which account fails and why."""
         now = self.clock_ms()
-        mqtt_ok = self.mqtt_delivering(now)
-        fallback_ok = now - self.last_delivery_ms < max(self._stale_ms * 2, 60_000)
+        accounts = {account.name: account.health(now) for account in self.accounts}
         stuck = self.sink.stuck()
         sink = self.sink.stats()
-        return (mqtt_ok or fallback_ok) and not stuck, {
-            "mqtt_connected": self.mqtt.connected,
-            "mqtt_delivering": mqtt_ok,
+        healthy = all(ok for ok, _ in accounts.values()) and not stuck
+        return healthy, {
+            "mqtt_connected": all(detail["mqtt_connected"] for _, detail in accounts.values()),
+            "mqtt_delivering": all(detail["mqtt_delivering"] for _, detail in accounts.values()),
             "last_delivery_age_s": (now - self.last_delivery_ms) / 1000 if self.last_delivery_ms else None,
             "writer_stuck": stuck,
             "points_written": sink.points_written,
             "spool_points": sink.spool_points,
             "devices": len(self.registry),
             "devices_online": self.registry.online_count(),
+            "accounts_failing": sorted(name for name, (ok, _) in accounts.items() if not ok),
+            "accounts": {name: detail for name, (_, detail) in accounts.items()},
         }
-
-    def check_watchdog(self) -> bool:
-        """Rebuild the MQTT session when it is connected but silent although devices should talk."""
-        now = self.clock_ms()
-        if not self.mqtt.connected or self.mqtt_delivering(now):
-            return False
-        quiet_s = (now - max(self.mqtt.last_message_ms, self.mqtt.connected_at_ms)) // 1000
-        expected = self.registry.expected_online_count()
-        self.mqtt.rebuild(f"no message for {quiet_s} s while {expected} devices should be online")
-        return True
 
     # --- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Returns at once; nothing that fails here (cloud, broker, InfluxDB down) stops the daemon."""
+        """Returns at once; nothing that fails here (cloud, broker, InfluxDB down, an account's
+        key refused) stops the daemon."""
         c = self.settings.collector
         scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1})
         self._scheduler = scheduler
-        self.add_devices(self.configured_devices())
-        self.refresh_device_list(poll_new=False)
-        self.http.start()
-        self.seed_all("startup")
-        self.mqtt.start()
+        for account in self.accounts:
+            account.start()
+            if not account.list_read:
+                self._retry_device_list(account)
         jobs: list[tuple[Callable[[], Any], float]] = [
             (self.check_fallback, min(max(c.stale_after_s / 4, 1.0), 30.0)),
             (self.poll_all_periodic, c.quota_all_interval_s),
@@ -367,19 +347,45 @@ class Collector:
             )
         scheduler.start()
         shard = f"{self._shard[0] + 1}/{self._shard[1]}" if self._shard else None
-        log.info("collector.started", devices=len(self.registry), client_id=self.mqtt.client_id, shard=shard)
+        extra: dict[str, Any] = {}
+        if len(self.accounts) > 1:
+            extra["accounts"] = {a.name: a.mqtt.client_id for a in self.accounts}
+        log.info(
+            "collector.started",
+            devices=len(self.registry),
+            client_id=self.mqtt.client_id,
+            shard=shard,
+            **extra,
+        )
 
     def stop(self, timeout: float = 8.0) -> None:
         """Stop taking data and write (or spool) what was accepted, within `timeout` seconds."""
         deadline = time.monotonic() + timeout
         if self._scheduler is not None and self._scheduler.running:
             self._scheduler.shutdown(wait=False)
-        self.http.stop(timeout=2.0)
-        self.mqtt.stop(timeout=min(2.0, timeout / 4))
+        sources_by = time.monotonic() + min(2.0 + min(2.0, timeout / 4), timeout / 2)
+        for account in self.accounts:  # one shared bound: many accounts do not add up
+            account.stop(timeout=max(sources_by - time.monotonic(), 0.1))
         self.write_energy()
         self.write_telemetry()
         self.sink.close(max(deadline - time.monotonic(), 0.5))
         log.info("collector.stopped")
+
+
+_T = TypeVar("_T")
+
+
+def _by_account(given: _T | Mapping[str, _T], accounts: list[AccountSettings], what: str) -> dict[str, _T]:
+    """One value per account: a mapping by name, or the value of the only account."""
+    names = [account.name for account in accounts]
+    if isinstance(given, Mapping):
+        missing = [name for name in names if name not in given]
+        if missing:
+            raise ValueError(f"Collector: no {what} for the account {missing[0]}")
+        return {name: given[name] for name in names}
+    if len(names) != 1:
+        raise ValueError(f"Collector: {len(names)} accounts configured, so {what} must be a mapping by name")
+    return {names[0]: given}
 
 
 def _after(seconds: float) -> datetime:

@@ -3,6 +3,8 @@
 - `<product slug>` (e.g. `powerstream`, `delta_pro`), tags `name`, `sn`: one float field per quota key;
 - `ecoflow_summary`, tags `name`, `product`, `sn`: canonical fleet fields;
 - `ecoflow_status`, tags `name`, `sn`: field `online` (1.0 / 0.0);
+- every device point also has the tag `account` (the `[[accounts]]` name) where more than one
+  account is configured;
 - timestamps in milliseconds: the time the collector received the data.
 """
 
@@ -91,6 +93,7 @@ class Device:
     name: str
     slug: str  # the measurement
     product: Product | None
+    account: str | None = None  # the `account` tag: only where several accounts are configured
     # the series of its two per-message points, escaped once rather than for every point
     series: str = field(init=False, repr=False, compare=False)
     summary_series: str = field(init=False, repr=False, compare=False)
@@ -102,16 +105,24 @@ class Device:
 
     @classmethod
     def resolve(
-        cls, catalog: Catalog, sn: str, name: str | None = None, product: str | None = None
+        cls,
+        catalog: Catalog,
+        sn: str,
+        name: str | None = None,
+        product: str | None = None,
+        account: str | None = None,
     ) -> Device:
         slug, known = catalog.identify(product, sn)
-        return cls(sn=sn, name=name or sn, slug=slug, product=known)
+        return cls(sn=sn, name=name or sn, slug=slug, product=known, account=account)
+
+    def _account_tag(self) -> tuple[tuple[str, str], ...]:
+        return (("account", self.account),) if self.account else ()
 
     def tags(self) -> tuple[tuple[str, str], ...]:
-        return (("name", self.name), ("sn", self.sn))
+        return (*self._account_tag(), ("name", self.name), ("sn", self.sn))
 
     def summary_tags(self) -> tuple[tuple[str, str], ...]:
-        return (("name", self.name), ("product", self.slug), ("sn", self.sn))
+        return (*self._account_tag(), ("name", self.name), ("product", self.slug), ("sn", self.sn))
 
 
 def device_point(device: Device, fields: dict[str, float], time_ms: int) -> Point:

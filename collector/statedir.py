@@ -52,11 +52,14 @@ class StateDir:
             self._lock_file.close()  # closing releases the flock
             self._lock_file = None
 
-    def client_id(self, configured: str | None) -> str:
-        """The configured id, else the one derived on the first start and kept since."""
+    def client_id(self, configured: str | None, account: str | None = None) -> str:
+        """The configured id, else the one derived on the first start and kept since: one per
+        account, in `mqtt_client_id` for the one-account form (`account` None or "default": the
+        file of every install from before accounts existed) and `mqtt_client_id.<account>` else."""
         if configured:
             return configured
-        path = self.path / "mqtt_client_id"
+        name = "mqtt_client_id" if account in (None, "default") else f"mqtt_client_id.{account.lower()}"
+        path = self.path / name
         try:
             existing = path.read_text(encoding="ascii").strip()
         except FileNotFoundError:
@@ -64,7 +67,7 @@ class StateDir:
         if existing:
             return existing
         client_id = f"ecoflow-collector-{secrets.token_hex(8)}"
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(client_id + "\n", encoding="ascii")
         os.replace(tmp, path)
         return client_id

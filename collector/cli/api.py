@@ -15,13 +15,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from collector.account import open_client
 from collector.api.client import QUOTA_PATH, EcoflowClient
 from collector.api.commands import SetRequest, build_set_request, settings_table
 from collector.api.errors import ApiError, DeviceReadDenied, ResponseError, SettingValueError
 from collector.api.models import DeviceInfo, QuotaValues
 from collector.catalog import Catalog, FieldSpec, Product, default_catalog
 from collector.cli import UsageError, table
-from collector.config import Settings, load_settings
+from collector.config import AccountSettings, load_settings
 from collector.decoding import PayloadError, Scalar, flatten
 from collector.normalize import KeyReporter, normalize_values
 from collector.sources.http import refusal_message
@@ -102,10 +103,10 @@ def _reporting_api_errors(handler: Handler) -> Handler:
 class _Devices:
     """Config [[devices]] first, then the cloud's device list (fetched once, only when needed)."""
 
-    def __init__(self, settings: Settings, catalog: Catalog, client: EcoflowClient) -> None:
+    def __init__(self, account: AccountSettings, catalog: Catalog, client: EcoflowClient) -> None:
         self.catalog = catalog
         self.client = client
-        self._configured = {entry.sn: entry for entry in settings.devices}
+        self._configured = {entry.sn: entry for entry in account.devices}
         self._listed: dict[str, DeviceInfo] | None = None
 
     def listed(self) -> dict[str, DeviceInfo]:
@@ -127,9 +128,25 @@ class _Devices:
         return (entry.name if entry is not None else None) or info.deviceName or info.sn
 
 
-def _open(args: argparse.Namespace) -> tuple[Settings, EcoflowClient]:
-    settings = load_settings(args.config)
-    return settings, EcoflowClient.from_settings(settings.ecoflow)
+def _open(args: argparse.Namespace) -> tuple[AccountSettings, EcoflowClient]:
+    """The account of the device `args.sn` (with several accounts: the one listing it in its
+    config, else the first whose device list has it), and its client."""
+    accounts = load_settings(args.config).account_settings()
+    sn = getattr(args, "sn", None)
+    if len(accounts) == 1 or sn is None:
+        return accounts[0], open_client(accounts[0])
+    for account in accounts:
+        if any(d.sn == sn for d in account.devices):
+            return account, open_client(account)
+    for account in accounts:
+        client = open_client(account)
+        try:
+            if any(info.sn == sn for info in client.device_list()):
+                return account, client
+        except ApiError:
+            pass
+        client.close()
+    raise UsageError(f"no configured account has the device {sn}: {', '.join(a.name for a in accounts)}")
 
 
 # --- rendering ------------------------------------------------------------------------------------
@@ -226,57 +243,65 @@ _READS_SHOWN = {"yes": "yes", "refused": "refused (1006)", "error": "error", "no
 
 
 def run_devices(args: argparse.Namespace) -> int:
-    settings, client = _open(args)
+    """Every account's devices (an `account` column where several are configured)."""
+    accounts = load_settings(args.config).account_settings()
+    named = len(accounts) > 1
     notes: list[str] = []
-    with client:
-        devices = _Devices(settings, default_catalog(), client)
-        records: list[dict[str, Any]] = []
-        for info in devices.listed().values():
-            slug, product = devices.product(info.sn, info)
-            reads, error = _reads(client, info.sn) if args.probe else ("not asked", None)
-            if reads == "refused":
-                notes.append(f"{info.sn}: {refusal_message(product.name if product is not None else slug)}")
-            elif error is not None:
-                notes.append(f"{info.sn}: quota/all failed: {error}")
-            records.append(
-                {
-                    "sn": info.sn,
-                    "name": devices.name(info),
-                    "product": slug,
-                    "product_name": info.productName,
-                    "online": info.is_online,
-                    "reads": reads,  # "yes", "refused" (EcoFlow code 1006), "error", "not asked"
-                    "read_denied": reads == "refused",
-                }
-            )
+    records: list[dict[str, Any]] = []
+    for account in accounts:
+        with open_client(account) as client:
+            devices = _Devices(account, default_catalog(), client)
+            for info in devices.listed().values():
+                slug, product = devices.product(info.sn, info)
+                reads, error = _reads(client, info.sn) if args.probe else ("not asked", None)
+                if reads == "refused":
+                    notes.append(
+                        f"{info.sn}: {refusal_message(product.name if product is not None else slug)}"
+                    )
+                elif error is not None:
+                    notes.append(f"{info.sn}: quota/all failed: {error}")
+                records.append(
+                    {
+                        **({"account": account.name} if named else {}),
+                        "sn": info.sn,
+                        "name": devices.name(info),
+                        "product": slug,
+                        "product_name": info.productName,
+                        "online": info.is_online,
+                        "reads": reads,  # "yes", "refused" (EcoFlow code 1006), "error", "not asked"
+                        "read_denied": reads == "refused",
+                    }
+                )
     if args.json:
         _print_json(records)
     elif records:
+        columns = (["account"] if named else []) + ["sn", "name", "product", "online", "http reads"]
         rows = [
-            [r["sn"], r["name"], r["product"], "yes" if r["online"] else "no", _READS_SHOWN[r["reads"]]]
+            ([r["account"]] if named else [])
+            + [r["sn"], r["name"], r["product"], "yes" if r["online"] else "no", _READS_SHOWN[r["reads"]]]
             for r in records
         ]
-        print(table(["sn", "name", "product", "online", "http reads"], rows))
+        print(table(columns, rows))
         for note in notes:
             print(note)
     else:
-        print("the account has no devices")
+        print("the account has no devices" if not named else "the accounts have no devices")
     return 0
 
 
 def run_quota(args: argparse.Namespace) -> int:
-    settings, client = _open(args)
+    account, client = _open(args)
     with client:
-        slug, product = _Devices(settings, default_catalog(), client).product(args.sn)
+        slug, product = _Devices(account, default_catalog(), client).product(args.sn)
         data = client.quota_all(args.sn)
     _show_quotas(args, args.sn, slug, quota_records(product, slug, data))
     return 0
 
 
 def run_get(args: argparse.Namespace) -> int:
-    settings, client = _open(args)
+    account, client = _open(args)
     with client:
-        slug, product = _Devices(settings, default_catalog(), client).product(args.sn)
+        slug, product = _Devices(account, default_catalog(), client).product(args.sn)
         data = client.quota_get(args.sn, args.keys)
     _show_quotas(args, args.sn, slug, quota_records(product, slug, data))
     return 0
@@ -294,9 +319,9 @@ def _set_summary(request: SetRequest, typed: str) -> str:
 
 
 def run_set(args: argparse.Namespace) -> int:
-    settings, client = _open(args)
+    account, client = _open(args)
     with client:
-        slug, product = _Devices(settings, default_catalog(), client).product(args.sn)
+        slug, product = _Devices(account, default_catalog(), client).product(args.sn)
         if product is None or not product.settings:
             raise UsageError(
                 f"cannot tell which catalog product {args.sn} is (found {slug!r}): add "

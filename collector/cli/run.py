@@ -15,12 +15,13 @@ from typing import Any
 
 import structlog
 
-from collector.api.client import EcoflowClient
+from collector.account import open_client
+from collector.api.client import EcoflowClient, RequestBudget
 from collector.api.errors import ApiError, DeviceReadDenied
 from collector.api.models import DeviceInfo
 from collector.catalog import Catalog, default_catalog
 from collector.cli import UsageError
-from collector.config import ConfigError, Settings, load_settings
+from collector.config import AccountSettings, ConfigError, Settings, load_settings
 from collector.daemon import Collector
 from collector.decoding import PayloadError
 from collector.diagnose import describe, key_match
@@ -94,13 +95,16 @@ def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     configure(args.log_level or settings.logging.level, args.log_format or settings.logging.format)
     catalog = default_catalog()  # an invalid catalog stops the start here
+    accounts = settings.account_settings()
     try:
         state_dir = StateDir(settings.collector.state_dir)
         state_dir.lock()
-        client_id = state_dir.client_id(settings.mqtt.client_id)
+        # one persisted id per account (EcoFlow allows about 10 a day per account)
+        client_ids = {a.name: state_dir.client_id(a.mqtt.client_id, a.name) for a in accounts}
     except (StateDirError, OSError) as exc:
         raise UsageError(str(exc)) from None
-    client = EcoflowClient.from_settings(settings.ecoflow)
+    # each account its own retry budget and circuit breaker: one failing never stalls another
+    clients = {a.name: open_client(a, budget=RequestBudget()) for a in accounts}
     health = None
     host, port = settings.collector.healthz_host, settings.collector.healthz_port
     if port is not None:
@@ -114,9 +118,9 @@ def run(args: argparse.Namespace) -> int:
     collector = Collector(
         settings,
         catalog,
-        client,
+        clients,
         sink,
-        client_id=client_id,
+        client_id=client_ids,
         shard=parse_shard(settings.collector.shard),
         energy_restore=influx_restorer(history, settings.influxdb.bucket),
         rollup_job=rollups.run,
@@ -139,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
         collector.stop(timeout=8.0)
         if health is not None:
             health.stop()
-        client.close()
+        for client in clients.values():
+            client.close()
         history.close()
         state_dir.unlock()
     # Everything accepted is now in InfluxDB or the spool. A scheduler job may still be waiting on
@@ -163,56 +168,65 @@ def _warn(name: str, detail: str) -> bool:
 def check(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     source = args.config or "environment"
-    _report("config", True, f"{source} is valid ({len(settings.devices)} devices configured)")
+    accounts = settings.account_settings()
+    devices = sum(len(a.devices) for a in accounts)
+    _report("config", True, f"{source} is valid ({devices} devices configured)")
     catalog = default_catalog()
     _report("catalog", True, f"{len(catalog.products)} products: {', '.join(sorted(catalog.products))}")
-    results = [_check_api(settings, catalog), _check_influx(settings, args.timeout)]
+    results = [_check_account(settings, account, catalog, len(accounts) > 1) for account in accounts]
+    results.append(_check_influx(settings, args.timeout))
     return 0 if all(results) else 1
 
 
 MAX_CHECKED_DEVICES = 50  # one quota/all each
 
 
-def _check_api(settings: Settings, catalog: Catalog) -> bool:
+def _check_account(settings: Settings, account: AccountSettings, catalog: Catalog, named: bool) -> bool:
+    """The account's API (device list), MQTT (certification and a login), and its devices. With
+    several accounts every line names the account (`ecoflow api [home]`)."""
+    suffix = f" [{account.name}]" if named else ""
     try:
-        client = EcoflowClient.from_settings(settings.ecoflow)
+        client = open_client(account, budget=RequestBudget())
     except ConfigError as exc:
-        return _report("ecoflow api", False, str(exc))
+        return _report("ecoflow api" + suffix, False, str(exc))
+    url = account.ecoflow.api_url
     with client:
         try:
             listed = client.device_list()
         except ApiError as exc:
-            return _report("ecoflow api", False, f"{settings.ecoflow.api_url}: {exc}")
-        _report("ecoflow api", True, f"{settings.ecoflow.api_url}: {len(listed)} devices on the account")
-        mqtt_ok = _check_mqtt(settings, client)
-        return _check_devices(settings, catalog, client, listed) and mqtt_ok
+            return _report("ecoflow api" + suffix, False, f"{url}: {exc}")
+        _report("ecoflow api" + suffix, True, f"{url}: {len(listed)} devices on the account")
+        mqtt_ok = _check_mqtt(settings, account, client, suffix)
+        return _check_devices(account, catalog, client, listed) and mqtt_ok
 
 
-def _check_mqtt(settings: Settings, client: EcoflowClient) -> bool:
+def _check_mqtt(settings: Settings, account: AccountSettings, client: EcoflowClient, suffix: str) -> bool:
     from collector.sources.mqtt import probe_broker
 
     try:
-        credentials = mqtt_credentials(settings.mqtt, client.certification)
+        credentials = mqtt_credentials(account.mqtt, client.certification)
     except ApiError as exc:
-        return _report("mqtt", False, f"certification failed: {exc}")
+        return _report("mqtt" + suffix, False, f"certification failed: {exc}")
     try:  # the daemon's id would kick a running daemon off the broker: a stable id of its own
-        probe_id = StateDir(settings.collector.state_dir).client_id(settings.mqtt.client_id) + "-check"
+        state_dir = StateDir(settings.collector.state_dir)
+        probe_id = state_dir.client_id(account.mqtt.client_id, account.name) + "-check"
     except (StateDirError, OSError) as exc:
-        return _report("mqtt", False, f"state_dir: {exc}")
-    problem = probe_broker(credentials, probe_id, timeout_s=settings.ecoflow.timeout_s)
+        return _report("mqtt" + suffix, False, f"state_dir: {exc}")
+    problem = probe_broker(credentials, probe_id, timeout_s=account.ecoflow.timeout_s)
     where = f"{credentials.host}:{credentials.port} as {credentials.username}"
-    return _report("mqtt", problem is None, f"{where}: {problem or 'connected'}")
+    return _report("mqtt" + suffix, problem is None, f"{where}: {problem or 'connected'}")
 
 
 def _check_devices(
-    settings: Settings, catalog: Catalog, client: EcoflowClient, listed: list[DeviceInfo]
+    account: AccountSettings, catalog: Catalog, client: EcoflowClient, listed: list[DeviceInfo]
 ) -> bool:
     """One quota/all per device the daemon would collect (the configured ones, else the listed
-    ones): refused (1006), failing, or with keys of another product than the configured one."""
-    if settings.devices:
-        wanted = [(d.sn, d.name, d.product) for d in settings.devices]
+    ones the account's include/exclude take): refused (1006), failing, or with keys of another
+    product than the configured one."""
+    if account.devices:
+        wanted = [(d.sn, d.name, d.product) for d in account.devices if account.wants(d.sn)]
     else:
-        wanted = [(info.sn, info.deviceName, info.productName) for info in listed]
+        wanted = [(i.sn, i.deviceName, i.productName) for i in listed if account.wants(i.sn)]
     ok = True
     for sn, name, configured in wanted[:MAX_CHECKED_DEVICES]:
         slug, product = catalog.identify(configured, sn)

@@ -20,7 +20,8 @@ integrate while data arrives is lost. The math (docs/history.md):
   stop) and continue after a restart or a SIGKILL; after a restart the interval from the last saved
   time to the next data is a gap (so what a crash lost is a gap, never double-counted energy).
 
-Points: measurement `ecoflow_energy`, tags `name`, `product`, `sn`; fields `pv_input_wh`,
+Points: measurement `ecoflow_energy`, tags `name`, `product`, `sn` (and `account` where several
+accounts are configured); fields `pv_input_wh`,
 `input_wh`, `output_wh`, `battery_charge_wh`, `battery_discharge_wh`, `covered_s`, `gap_s`, stamped
 with the time up to which they are integrated.
 """
@@ -94,6 +95,7 @@ class DeviceEnergy:
     sn: str
     name: str
     product: str
+    account: str | None = None  # the `account` tag (several accounts configured), else none
     wh: list[float] = field(default_factory=lambda: [0.0] * len(COUNTERS))
     covered_s: float = 0.0
     gap_s: float = 0.0
@@ -134,7 +136,14 @@ class DeviceEnergy:
         return values
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "product": self.product, "last_ms": self.last_ms, **self.fields()}
+        saved: dict[str, Any] = {"name": self.name, "product": self.product, "last_ms": self.last_ms}
+        if self.account:  # absent in files of one-account installs, which therefore read as before
+            saved["account"] = self.account
+        return {**saved, **self.fields()}
+
+    def tags(self) -> tuple[tuple[str, str], ...]:
+        account = (("account", self.account),) if self.account else ()
+        return (*account, ("name", self.name), ("product", self.product), ("sn", self.sn))
 
     @classmethod
     def from_json(cls, sn: str, data: Mapping[str, Any]) -> DeviceEnergy:
@@ -147,6 +156,7 @@ class DeviceEnergy:
             sn=sn,
             name=str(data.get("name") or sn),
             product=str(data.get("product") or "unknown"),
+            account=str(data["account"]) if data.get("account") else None,
             wh=numbers[: len(COUNTERS)],
             covered_s=numbers[-2],
             gap_s=numbers[-1],
@@ -200,9 +210,11 @@ class EnergyCounters:
         with self._lock:
             energy = self._devices.get(device.sn)
             if energy is None:  # counters start at zero now: a point says so (the baseline of reports)
-                energy = self._devices[device.sn] = DeviceEnergy(device.sn, device.name, device.slug)
+                energy = self._devices[device.sn] = DeviceEnergy(
+                    device.sn, device.name, device.slug, device.account
+                )
                 energy.started_ms = now_ms
-            energy.name, energy.product = device.name, device.slug
+            energy.name, energy.product, energy.account = device.name, device.slug, device.account
             if energy.run_since_ms is None:
                 energy.run_since_ms = now_ms
             self._account(energy, now_ms)
@@ -264,7 +276,7 @@ class EnergyCounters:
                 if not energy.dirty or energy.last_ms is None:
                     continue
                 energy.dirty = False
-                tags = (("name", energy.name), ("product", energy.product), ("sn", energy.sn))
+                tags = energy.tags()
                 if energy.started_ms is not None and energy.started_ms != energy.last_ms:
                     zeros = dict.fromkeys((*COUNTERS, "covered_s", "gap_s"), 0.0)
                     out.append(Point(ENERGY_MEASUREMENT, tags, zeros, energy.started_ms))

@@ -129,11 +129,13 @@ class HttpSource:
         clock_ms: Callable[[], int],
         stale_after_s: float,
         workers: int = 4,
+        account: str | None = None,
     ) -> None:
         """``devices()``: the account's devices now; ``lookup(sn)``: one of them (None if gone);
         ``deliver(state, data)``: hands an answer to the ingest; ``mqtt_connected()``: whether the
         account's MQTT session is up (while it is not, every device is polled when stale)."""
         self.client = client
+        self._log = structlog.get_logger("collector.http", account=account) if account else log
         self._devices = devices
         self._lookup = lookup
         self._deliver = deliver
@@ -208,13 +210,15 @@ class HttpSource:
             # one warning when a device's polls start failing (`poll.recovered` when they work again);
             # an open circuit fails every device in turn: the client has said so once already
             quiet = failures > 1 or isinstance(exc, RetryBudgetExhausted)
-            (log.debug if quiet else log.warning)("poll.failed", sn=sn, reason=reason, error=str(exc))
+            (self._log.debug if quiet else self._log.warning)(
+                "poll.failed", sn=sn, reason=reason, error=str(exc)
+            )
             return False
         self._problem = None
         with self._lock:
             failed_polls = self._failures.pop(sn, 0)
         if failed_polls:
-            log.info("poll.recovered", sn=sn, failed_polls=failed_polls)
+            self._log.info("poll.recovered", sn=sn, failed_polls=failed_polls)
         if not data:
             return True  # a success with no data (the cloud has nothing for this device)
         stored = self._deliver(state, data)
@@ -232,7 +236,9 @@ class HttpSource:
             if state.device.sn in self.refused:
                 return
             self.refused[state.device.sn] = product
-        log.warning("poll.read_denied", sn=state.device.sn, product=product, message=refusal_message(product))
+        self._log.warning(
+            "poll.read_denied", sn=state.device.sn, product=product, message=refusal_message(product)
+        )
 
     def request(self, state: DeviceState, reason: str) -> bool:
         """Queue a poll of one device (False: one is pending already)."""

@@ -244,11 +244,14 @@ class MqttSource:
         subscribe_retry_initial_s: float = 5.0,
         subscribe_retry_max_s: float = 300.0,
         credentials_recheck_s: float = 5.0,
+        account: str | None = None,
     ) -> None:
         """``buffered_socket``: None (default) buffers the broker connection (:class:`_BufferedSocket`)
         when the installed paho is a release known to have the private hooks it needs, else uses
         paho's own socket (logged once); True/False force either."""
         self.client_id = client_id
+        # several accounts: every event names the account (one account: as before)
+        self._log = structlog.get_logger("collector.mqtt", account=account) if account else log
         self._buffered_socket = buffered_socket
         self._socket_fallback_logged = False
         self.socket_mode = ""  # "buffered" or "paho" once a client is built
@@ -312,7 +315,7 @@ class MqttSource:
             credentials = self._credentials_provider()
         except Exception as exc:  # the provider's HTTP errors
             self._problem = f"MQTT credentials: {exc}"
-            log.error("mqtt.credentials_failed", error=str(exc))
+            self._log.error("mqtt.credentials_failed", error=str(exc))
             self._refresh_credentials_later()
             return
         with self._lock:
@@ -329,7 +332,7 @@ class MqttSource:
         if self._client is None or (before is not None and _endpoint(before) != _endpoint(credentials)):
             old = self._client
             if old is not None and before is not None:
-                log.info(
+                self._log.info(
                     "mqtt.broker_changed",
                     old=f"{before.host}:{before.port}",
                     new=f"{credentials.host}:{credentials.port}",
@@ -379,7 +382,7 @@ class MqttSource:
     def rebuild(self, reason: str) -> None:
         """Drop the session: shut its socket down, so that paho's own thread sees the connection
         lost and reconnects with its backoff (paho's reconnect() is not safe from another thread)."""
-        log.warning("mqtt.rebuild", reason=reason)
+        self._log.warning("mqtt.rebuild", reason=reason)
         client = self._client
         sock = client.socket() if client is not None else None
         if isinstance(sock, socket.socket | ssl.SSLSocket | _BufferedSocket):
@@ -393,7 +396,7 @@ class MqttSource:
         buffered = buffered_socket_supported() if self._buffered_socket is None else self._buffered_socket
         if not buffered and not self._socket_fallback_logged:
             self._socket_fallback_logged = True
-            log.info(
+            self._log.info(
                 "mqtt.buffered_socket_off",
                 paho_version=PAHO_VERSION,
                 reason="disabled"
@@ -422,7 +425,7 @@ class MqttSource:
     def _subscribe(self, client: mqtt.Client, account: str, serials: list[str]) -> None:
         topics = [t for sn in serials for t in topic_filters(account, sn)]
         if self._send_subscribe(client, topics):
-            log.info("mqtt.subscribed", devices=len(serials))
+            self._log.info("mqtt.subscribed", devices=len(serials))
 
     def _send_subscribe(self, client: mqtt.Client, topics: list[str]) -> bool:
         """SUBSCRIBE in chunks; each chunk's SUBACK is checked in :meth:`_on_subscribe`."""
@@ -430,7 +433,7 @@ class MqttSource:
             chunk = topics[start : start + _SUBSCRIBE_CHUNK]
             result, mid = client.subscribe([(t, 1) for t in chunk])
             if result != mqtt.MQTT_ERR_SUCCESS or mid is None:
-                log.warning("mqtt.subscribe_failed", error=mqtt.error_string(result))
+                self._log.warning("mqtt.subscribe_failed", error=mqtt.error_string(result))
                 return False
             with self._sub_lock:  # never held while calling paho: its thread takes this lock too
                 early = self._sub_early.pop(mid, None)
@@ -467,9 +470,9 @@ class MqttSource:
                 self._sub_backoff_s = self._sub_retry_initial_s
             retry_in = self._schedule_subscribe_retry_locked() if self._refused else None
         for topic in recovered:
-            log.info("mqtt.subscribe_granted", topic=topic)
+            self._log.info("mqtt.subscribe_granted", topic=topic)
         for topic, rc in newly:  # one warning per refused topic; a refusal repeated on retry is not news
-            log.warning(
+            self._log.warning(
                 "mqtt.subscribe_refused",
                 topic=topic,
                 reason=str(rc),
@@ -477,7 +480,9 @@ class MqttSource:
                 retry_in_s=retry_in,
             )
         if refused and len(newly) < len(refused):
-            log.info("mqtt.subscribe_still_refused", topics=len(refused) - len(newly), retry_in_s=retry_in)
+            self._log.info(
+                "mqtt.subscribe_still_refused", topics=len(refused) - len(newly), retry_in_s=retry_in
+            )
 
     def _schedule_subscribe_retry_locked(self) -> float | None:
         """Start the retry timer unless one is waiting; the delay it waits (None when stopping)."""
@@ -512,7 +517,7 @@ class MqttSource:
         if reason_code.is_failure:
             self.connected = False
             self._problem = f"the broker {self._host()} refused the login: {reason_code}"
-            log.error("mqtt.connect_refused", reason=str(reason_code), host=self._host())
+            self._log.error("mqtt.connect_refused", reason=str(reason_code), host=self._host())
             if str(reason_code) in _AUTH_FAILURES:
                 self.auth_failures += 1
                 self._refresh_credentials_later()
@@ -525,7 +530,7 @@ class MqttSource:
         self.connects += 1
         self._auth_backoff_s = 5.0
         self.connected_at_ms = self._clock_ms()
-        log.info("mqtt.connected", host=self._host(), client_id=self.client_id)
+        self._log.info("mqtt.connected", host=self._host(), client_id=self.client_id)
         with self._lock:
             serials = sorted(self._serials)
         try:
@@ -534,7 +539,7 @@ class MqttSource:
             if self._on_connected is not None:
                 self._on_connected()
         except Exception:  # on paho's thread: log, never end its loop
-            log.exception("mqtt.on_connect_failed")
+            self._log.exception("mqtt.on_connect_failed")
 
     def _on_disconnect(
         self, client: mqtt.Client, _userdata: Any, _flags: Any, reason_code: ReasonCode, _props: Any
@@ -545,7 +550,7 @@ class MqttSource:
         self.connected = False
         if was and not self._stopping.is_set():
             self._problem = f"disconnected from {self._host()}: {reason_code}"
-            log.warning("mqtt.disconnected", reason=str(reason_code))
+            self._log.warning("mqtt.disconnected", reason=str(reason_code))
             self._recheck_credentials()
 
     def _recheck_credentials(self) -> None:
@@ -568,7 +573,7 @@ class MqttSource:
                         failures += 1
                         self._problem = f"MQTT credentials: {exc}"
                         if failures == 1:  # once per disconnection; paho keeps retrying meanwhile
-                            log.warning("mqtt.credentials_recheck_failed", error=str(exc))
+                            self._log.warning("mqtt.credentials_recheck_failed", error=str(exc))
                         continue
                     with self._lock:
                         current = self._credentials
@@ -577,7 +582,7 @@ class MqttSource:
                         fresh.username,
                         fresh.password,
                     ):
-                        log.info("mqtt.credentials_refreshed", username=fresh.username)
+                        self._log.info("mqtt.credentials_refreshed", username=fresh.username)
                     if old is not None:
                         self._dispose(old)
                         return
@@ -596,7 +601,7 @@ class MqttSource:
         try:
             self._handler(sn, kind, bytes(message.payload))
         except Exception:  # the handler counts its own failures; this is the last line of defence
-            log.exception("mqtt.handler_failed", sn=sn, topic=kind.value)
+            self._log.exception("mqtt.handler_failed", sn=sn, topic=kind.value)
 
     def _host(self) -> str:
         c = self._credentials
@@ -615,13 +620,15 @@ class MqttSource:
                 if self._stopping.wait(delay):
                     return
                 fresh = self._credentials_provider()
-                log.info("mqtt.credentials_refreshed", username=fresh.username)
+                self._log.info("mqtt.credentials_refreshed", username=fresh.username)
                 with self._lock:
                     old = self._use(fresh)
                 self._dispose(old)
             except Exception as exc:  # the provider's HTTP errors
                 self._problem = f"MQTT credentials: {exc}"
-                log.error("mqtt.credentials_refresh_failed", error=str(exc), retry_in_s=self._auth_backoff_s)
+                self._log.error(
+                    "mqtt.credentials_refresh_failed", error=str(exc), retry_in_s=self._auth_backoff_s
+                )
             finally:
                 self._refreshing.clear()
             if self._client is None:  # no session yet, so no refusal will ask again: ask now
