@@ -251,7 +251,8 @@ def test_missing_database_keeps_data_until_it_exists(
         writer = make_writer(influx_server.url, name, tmp_path)
         writer.submit([_point("A", float(k), T0 + k) for k in range(10)])
         _wait(lambda: writer.stats().write_errors.get("not_found", 0) >= 1, "a 404")
-        assert writer.stats().spool_points == 10
+        # the failed batch reaches the spool on the writer thread just after the error is counted
+        _wait(lambda: writer.stats().spool_points == 10, "the batch in the spool")
         influx_server.create_database(name)
         try:
             _wait(lambda: writer.stats().spool_depth == 0, "replay once the database exists")
