@@ -1,22 +1,31 @@
 """Decode benchmark: messages/s through decode + normalize + line protocol, beside bare JSON parsing.
 
-    python3 bench/decode.py [--seconds 2]
+    python3 bench/decode.py [--seconds 2] [--before DIR]
 
-The floor (issue 2): the whole path costs no more than 4x bare `json.loads` of the same bytes.
-Payloads are the project's own fixtures (tests/fixtures): a PowerStream heartbeat in the MQTT
-shape and a Delta Pro quota/all answer (246 keys).
+The floor (issue "Fleets", part 4): the whole path costs no more than 2x bare `json.loads` of the
+same bytes, on every payload kind. Payloads are the project's own fixtures (tests/fixtures): a
+PowerStream heartbeat (MQTT), Delta Pro quota/all (HTTP) and MQTT with numbers as text, DELTA 2
+`typeCode` module reports, a Smart Plug heartbeat and a STREAM push.
+
+`--before DIR`: DIR holds an older `collector` package (e.g. `git archive REV collector | tar -x -C
+DIR`); its path is measured in the same rounds, so the two compare under the same conditions.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.abc
+import importlib.util
 import itertools
 import json
 import random
 import statistics
+import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import orjson
@@ -50,7 +59,81 @@ CASES = [
         FIXTURES / "delta_pro" / "mqtt_quota_strings.json",
         True,
     ),
+    (
+        "delta_2 pdStatus (MQTT typeCode)",
+        "delta_2",
+        FIXTURES / "delta_2" / "mqtt_pd_status_discharging.json",
+        False,
+    ),
+    (
+        "delta_2 bmsStatus, values varying",
+        "delta_2",
+        FIXTURES / "delta_2" / "mqtt_bms_status_discharging.json",
+        True,
+    ),
+    ("smart_plug heartbeat (MQTT)", "smart_plug", FIXTURES / "smart_plug" / "mqtt_heartbeat.json", False),
+    (
+        "smart_plug heartbeat, values varying",
+        "smart_plug",
+        FIXTURES / "smart_plug" / "mqtt_heartbeat.json",
+        True,
+    ),
+    ("stream push (MQTT)", "stream", FIXTURES / "stream" / "push_ultra_charging.json", False),
+    ("stream push, values varying", "stream", FIXTURES / "stream" / "push_ultra_charging.json", True),
 ]
+
+
+class _Renamed(importlib.abc.MetaPathFinder, importlib.abc.SourceLoader):  # type: ignore[misc]
+    """Imports `before_collector.*` from DIR/collector, its `collector` imports renamed."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.files: dict[str, str] = {}
+
+    def find_spec(self, name: str, path: Sequence[str] | None, target: ModuleType | None = None) -> Any:
+        if name != "before_collector" and not name.startswith("before_collector."):
+            return None
+        base = self.root.joinpath("collector", *name.split(".")[1:])
+        package = base.is_dir()
+        file = base / "__init__.py" if package else base.with_suffix(".py")
+        if not file.exists():
+            return None
+        self.files[name] = str(file)
+        return importlib.util.spec_from_file_location(
+            name, file, loader=self, submodule_search_locations=[str(base)] if package else None
+        )
+
+    def get_filename(self, fullname: str) -> str:
+        return self.files[fullname]
+
+    def get_data(self, path: str) -> bytes:
+        source = Path(path).read_bytes()
+        return source.replace(b"from collector", b"from before_collector").replace(
+            b"import collector", b"import before_collector"
+        )
+
+
+def before_path(root: Path) -> Callable[[str, str], Callable[[Iterator[bytes]], str]]:
+    """The full path of the `collector` package in `root`, for a product and serial."""
+    sys.meta_path.insert(0, _Renamed(root))
+    catalog_module = importlib.import_module("before_collector.catalog")
+    pipeline_module = importlib.import_module("before_collector.pipeline")
+    points_module = importlib.import_module("before_collector.points")
+    decoding_module = importlib.import_module("before_collector.decoding")
+    catalog = catalog_module.default_catalog()
+    pipeline = pipeline_module.Pipeline()
+    quota = decoding_module.TopicKind.QUOTA
+
+    def make(product: str, sn: str) -> Callable[[Iterator[bytes]], str]:
+        device = points_module.Device.resolve(catalog, sn, "bench", product)
+
+        def run(feed: Iterator[bytes]) -> str:
+            _, points = pipeline.process(device, next(feed), quota, TIME_MS)
+            return "\n".join(p.to_line() for p in points)
+
+        return run
+
+    return make
 
 
 def vary(value: Any, rng: random.Random) -> Any:
@@ -96,13 +179,17 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
+    parser.add_argument("--before", type=Path, help="a directory with an older collector package")
     args = parser.parse_args()
     configure("warning")
     catalog = default_catalog()
     pipeline = Pipeline()
-    header = "{:44} {:>6} {:>6} {:>13} {:>10} {:>12} {:>7}".format(
+    before = before_path(args.before) if args.before else None
+    header = "{:40} {:>6} {:>6} {:>13} {:>10} {:>12} {:>7}".format(
         "payload", "bytes", "fields", "json.loads/s", "orjson/s", "full path/s", "x json"
     )
+    if before is not None:
+        header += " {:>10} {:>8}".format("before/s", "x json")
     print(header)
     print("-" * len(header))
     for label, product, path, varying in CASES:
@@ -112,8 +199,11 @@ def main() -> None:
         if varying:  # distinct values in every message, as a live device sends them
             rng = random.Random(1)
             original = orjson.loads(payload)
-            body = next(k for k in ("param", "params", "data") if k in original)
-            variants = [orjson.dumps({**original, body: vary(original[body], rng)}) for _ in range(2000)]
+            body = next((k for k in ("params", "param", "data") if original.get(k)), None)
+            if body is None:  # a bare push (STREAM): the whole object is the body
+                variants = [orjson.dumps(vary(original, rng)) for _ in range(2000)]
+            else:
+                variants = [orjson.dumps({**original, body: vary(original[body], rng)}) for _ in range(2000)]
         feed = itertools.cycle(variants)
 
         def full_path(feed: Iterator[bytes] = feed, device: Device = device) -> str:
@@ -128,14 +218,19 @@ def main() -> None:
         def orjson_path(feed: Iterator[bytes] = feed) -> Any:
             return orjson.loads(next(feed))
 
-        rounds = measure(
-            [json_path, orjson_path, full_path],
-            args.seconds,
-        )
+        fns: list[Callable[[], object]] = [json_path, orjson_path, full_path]
+        if before is not None:
+            old = before(product, "BENCH00000000001")
+            fns.append(lambda old=old, feed=feed: old(feed))  # type: ignore[misc]
+        rounds = measure(fns, args.seconds)
         json_s, orjson_s, full_s = (statistics.median(r[i] for r in rounds) for i in range(3))
         ratio = statistics.median(r[2] / r[0] for r in rounds)
         row = (label, len(payload), fields, 1 / json_s, 1 / orjson_s, 1 / full_s, ratio)
-        print("{:44} {:6} {:6} {:13,.0f} {:10,.0f} {:12,.0f} {:7.2f}".format(*row))
+        line = "{:40} {:6} {:6} {:13,.0f} {:10,.0f} {:12,.0f} {:7.2f}".format(*row)
+        if before is not None:
+            before_s = statistics.median(r[3] for r in rounds)
+            line += f" {1 / before_s:10,.0f} {statistics.median(r[3] / r[0] for r in rounds):8.2f}"
+        print(line)
     print("rates: medians over interleaved rounds; x json: median of the per-round ratios")
 
 

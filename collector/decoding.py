@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -47,7 +48,7 @@ Scalar = int | float | str
 @dataclass(slots=True)
 class Decoded:
     kind: TopicKind
-    values: dict[str, Scalar]  # flattened keys, device units
+    values: Mapping[str, Scalar]  # flattened keys, device units
     online: int | None = None  # for status messages: 1 online, 0 offline
 
 
@@ -253,6 +254,82 @@ def decode_object(obj: Any, topic_kind: TopicKind | None = None, cmd_prefix: boo
     if not any(v.__class__ is not str for v in values.values()):
         raise PayloadError("no numeric fields: not a known payload shape")
     return Decoded(TopicKind.QUOTA, values)
+
+
+class LazyValues(Mapping[str, Scalar]):
+    """The flat values of a quota report the fast path (normalize.FastNormalizer) normalized without
+    flattening it: flattened by `decode_object` when first read. Never empty (the fast path takes
+    only reports with numbers), so `bool()` costs nothing."""
+
+    __slots__ = ("_cmd_prefix", "_kind", "_obj", "_values")
+
+    def __init__(self, obj: dict[str, Any], kind: TopicKind | None, cmd_prefix: bool) -> None:
+        self._obj, self._kind, self._cmd_prefix = obj, kind, cmd_prefix
+        self._values: Mapping[str, Scalar] | None = None
+
+    def _flat(self) -> Mapping[str, Scalar]:
+        if self._values is None:
+            self._values = decode_object(self._obj, self._kind, self._cmd_prefix).values
+        return self._values
+
+    def __bool__(self) -> bool:
+        return True
+
+    def __getitem__(self, key: str) -> Scalar:
+        return self._flat()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._flat())
+
+    def __len__(self) -> int:
+        return len(self._flat())
+
+    def __repr__(self) -> str:
+        return repr(dict(self._flat()))
+
+
+# how the keys of a report's body map into the quota/all key space (see quota_body)
+KEYS_AS_THEY_ARE, CMD_PREFIXED, TYPE_CODE_PREFIXED = 0, 1, 2
+
+
+def quota_body(
+    obj: Any, topic_kind: TopicKind | None, cmd_prefix: bool
+) -> tuple[dict[str, Any], int, str, int] | None:
+    """Where the values of a quota report are, without flattening them: (body, how its keys map,
+    prefix, depth of the body as `decode_object` counts it), or None for anything that is not a
+    quota report with a body (status, set_reply, API errors, bad shapes: `decode_object` decides).
+
+    Follows decode_object's branches exactly: a key of the body maps to `prefix + key`, except
+    CMD_PREFIXED keys that carry their own `{cmdFunc}_{cmdId}.` (kept, and put after the others) and
+    TYPE_CODE_PREFIXED keys that already start with the prefix (kept)."""
+    if obj.__class__ is not dict or topic_kind is TopicKind.SET_REPLY:
+        return None
+    if "cmdFunc" in obj and "cmdId" in obj:
+        body = obj.get("params")
+        if not body:
+            body = obj.get("param", body)
+        if body.__class__ is not dict:
+            return None
+        prefix = f"{obj['cmdFunc']}_{obj['cmdId']}."
+        if not _CMD_PREFIX.match(prefix):
+            return None
+        return (body, CMD_PREFIXED, prefix, 1) if cmd_prefix else (body, KEYS_AS_THEY_ARE, "", 1)
+    if "code" in obj and ("message" in obj or "data" in obj):
+        data = obj.get("data")
+        if data.__class__ is not dict or str(obj["code"]) != "0":
+            return None
+        return quota_body(data, topic_kind, cmd_prefix)
+    params = obj.get("params")
+    if params.__class__ is dict and ("version" in obj or "id" in obj or len(obj) == 1):
+        if topic_kind is TopicKind.STATUS or (topic_kind is None and len(params) == 1 and "status" in params):
+            return None
+        type_code = obj.get("typeCode")
+        if type_code.__class__ is str and type_code:
+            return params, TYPE_CODE_PREFIXED, TYPE_CODE_PREFIXES.get(type_code, type_code) + ".", 0
+        return params, KEYS_AS_THEY_ARE, "", 0
+    if topic_kind is TopicKind.STATUS:
+        return None
+    return obj, KEYS_AS_THEY_ARE, "", 0
 
 
 def decode_bytes(

@@ -7,13 +7,30 @@ per key, never dropped silently. Sentinels ("not set") are not written.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from typing import Protocol
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from operator import itemgetter, mul, truediv
+from typing import Any, Protocol
 
 import structlog
 
 from collector.catalog import Product
-from collector.decoding import Scalar
+from collector.catalog.model import FieldSpec
+from collector.decoding import (
+    _CMD_PREFIX,
+    _DIGITS,
+    CMD_PREFIXED,
+    MAX_FIELDS,
+    MAX_KEY_LENGTH,
+    TYPE_CODE_PREFIXED,
+    PayloadError,
+    Scalar,
+    _flatten_object,
+    _flatten_other,
+    _number,
+    _numbers,
+)
+from collector.points import plain_key
 
 log = structlog.get_logger("collector.normalize")
 
@@ -62,11 +79,21 @@ def normalize_values(
     slug: str | None = None,
 ) -> dict[str, float]:
     """Scale every value to its stored unit; drop sentinels; keep unknown numeric keys as-is."""
-    report = reporter or _default_reporter
-    name = slug or (product.slug if product else "unknown")
     out: dict[str, float] = {}
+    _normalize_into(product, values.items(), out, reporter or _default_reporter, slug)
+    return out
+
+
+def _normalize_into(
+    product: Product | None,
+    items: Iterable[tuple[str, Scalar]],
+    out: dict[str, float],
+    report: KeyReporter,
+    slug: str | None,
+) -> None:
+    name = slug or (product.slug if product else "unknown")
     divisors = product.divisors if product is not None else {}
-    for key, raw in values.items():
+    for key, raw in items:
         divisor = divisors.get(key)
         if divisor is not None:  # the common case, in as few operations as possible
             try:
@@ -86,7 +113,356 @@ def normalize_values(
             report.sentinels_skipped += 1
         elif math.isfinite(value := raw * spec.mul / spec.div):  # x60 or x1000 may overflow
             out[key] = value
-    return out
+
+
+# --- the fast path: flatten and normalize in one pass, per key set ------------------------------
+
+
+_ARRAY, _UNKNOWN, _NESTED = 0, 1, 2  # what a slow position of a plan holds
+
+
+@dataclass(slots=True)
+class _Slow:
+    """A position of a plan that the one C pass leaves out: an array of numbers (its elements' keys
+    and divisors), a key the catalog does not know (reported), or a nested value (flattened and
+    normalized by the generic code)."""
+
+    index: int
+    key: str
+    what: int
+    names: tuple[str, ...] = ()  # _ARRAY: `key[i]`
+    divisors: tuple[float, ...] = ()
+    texts: bool = False  # _ARRAY: the last report sent its numbers as text
+
+
+_Get = Callable[[Sequence[Any]], Sequence[Any]]
+
+
+@dataclass(slots=True)
+class _Plan:
+    """How one key set of one body shape becomes fields: each position's quota/all key, in
+    decode_object's order, its scale, and the positions that need more than the one C pass."""
+
+    order: _Get | None  # decode_object's order of the body's values (CMD_PREFIXED with own prefixes)
+    fast: _Get | None  # the values of the fast positions (None: every position is one)
+    keys: tuple[str, ...]  # of the fast positions
+    divisors: tuple[float, ...]  # of the fast positions: stored = sent * mul / div
+    muls: tuple[float, ...] | None  # None: all 1 (x * 1.0 / d is x / d, exactly)
+    sentinel_values: _Get | None  # the scaled values of the fast positions with sentinels
+    sentinel_positions: tuple[int, ...]
+    sentinel_pairs: frozenset[tuple[int, float]]  # (fast position, one of its sentinels scaled)
+    sentinels: dict[int, frozenset[float]]  # fast position -> its sentinels
+    scaled_up: _Get | None  # the scaled values of the fast positions with mul != 1 (may overflow)
+    slow: tuple[_Slow, ...]
+    runs: tuple[tuple[int, int, tuple[str, ...]], ...]  # fast positions before each slow one, and after
+    names: frozenset[str]  # every key the plan makes
+    plain: bool  # every key needs no escaping in line protocol
+    depth: int  # the body's depth as decode_object counts it (MAX_DEPTH)
+    texts: bool = False  # the last report of this shape sent numbers as text
+
+
+_PLANS_PER_PRODUCT = 256  # key sets of one product that get a plan (full reports, heartbeats)
+_PENDING_LIMIT = 4096  # key sets seen once, remembered to build a plan when they come again
+_NAMES_LIMIT = 100_000
+
+
+def _divide(
+    values: Sequence[Any], divisors: tuple[float, ...], muls: tuple[float, ...] | None, texts: bool
+) -> tuple[list[float], bool] | None:
+    """(values * muls / divisors, whether numbers came as text) in one C pass; None: not all
+    numbers. `texts`: convert text first (the last report of the shape needed it)."""
+    if not texts:
+        try:
+            if muls is None:
+                return list(map(truediv, values, divisors)), False
+            return list(map(truediv, map(mul, values, muls), divisors)), False
+        except TypeError:
+            pass
+    try:
+        numbers = list(map(_numbers.get, values, values))  # the memo's hits; other texts stay text
+    except TypeError:  # an object or array is not a key of the memo
+        numbers = list(values)
+    try:
+        if muls is None:
+            return list(map(truediv, numbers, divisors)), True
+        return list(map(truediv, map(mul, numbers, muls), divisors)), True
+    except TypeError:
+        pass
+    numbers = [_number(v) if v.__class__ is str else v for v in numbers]  # past the memo's bound
+    try:
+        if muls is None:
+            return list(map(truediv, numbers, divisors)), True
+        return list(map(truediv, map(mul, numbers, muls), divisors)), True
+    except TypeError:
+        return None
+
+
+class FastNormalizer:
+    """decode_object's flattening and normalize_values fused, for the key sets a product repeats.
+
+    A key set (a body's keys, in order, with the shape's prefix) seen twice gets a _Plan: the quota/all
+    key of each position and its scale, resolved once. A report of that key set is then normalized
+    by one C pass over its numbers (`map(truediv, values, divisors)` into `dict(zip(keys, ...))`),
+    sentinels and overflows found by one set operation and removed; the other positions (unknown
+    keys, arrays, nested objects) get exactly what normalize_values does to them, in order. Whatever
+    the plan cannot do as decode_object + normalize_values would (a value of another type where a
+    number was, text that is no number, a key that would occur twice, a nested value past the
+    limits) makes `normalize` return None before any side effect: the caller takes the generic path.
+    """
+
+    def __init__(self, product: Product) -> None:
+        self.product = product
+        self._plans: dict[tuple[int, str, tuple[str, ...]], _Plan | None] = {}
+        self._pending: set[tuple[int, str, tuple[str, ...]]] = set()
+        self._names: dict[str, str] = {}  # one string per quota/all key, shared by every plan
+
+    def normalize(
+        self,
+        body: dict[str, Any],
+        mode: int,
+        prefix: str,
+        depth: int,
+        reporter: KeyReporter,
+        slug: str,
+    ) -> tuple[dict[str, float], bool] | None:
+        """(fields, whether every key is plain) of a body, or None: take the generic path."""
+        shape = (mode, prefix, tuple(body))
+        plan = self._plans.get(shape)
+        if plan is None:
+            plan = self._plan(shape, body, depth)
+            if plan is None:
+                return None
+        values: Sequence[Any] = list(body.values())
+        if plan.order is not None:
+            values = plan.order(values)
+        fast = values if plan.fast is None else plan.fast(values)
+        divided = _divide(fast, plan.divisors, plan.muls, plan.texts)
+        if divided is None:
+            return None
+        scaled, plan.texts = divided
+        out: dict[str, float]
+        if not plan.slow:
+            out = dict(zip(plan.keys, scaled, strict=True))
+        else:
+            made = self._with_slow(plan, values, scaled, reporter, slug)
+            if made is None:
+                return None
+            out, nested = made
+            if nested:
+                return self._refuse(plan, fast, scaled, out, reporter), False
+        return self._refuse(plan, fast, scaled, out, reporter), plan.plain
+
+    @staticmethod
+    def _refuse(
+        plan: _Plan, fast: Sequence[Any], scaled: list[float], out: dict[str, float], reporter: KeyReporter
+    ) -> dict[str, float]:
+        """Remove what normalize_values would not have written: sentinels (counted) and values
+        scaled past the float range. The common case, none, costs one set operation."""
+        if plan.sentinel_values is not None:  # a sentinel scales to its scaled self ...
+            scaled_values = zip(plan.sentinel_positions, plan.sentinel_values(scaled), strict=True)
+            for index, _ in plan.sentinel_pairs.intersection(scaled_values):
+                raw = fast[index]  # ... but only the sent value says whether it is one
+                if raw.__class__ is str:
+                    raw = _number(raw)
+                if raw in plan.sentinels[index]:
+                    del out[plan.keys[index]]
+                    reporter.sentinels_skipped += 1
+        if plan.scaled_up is not None and not math.isfinite(sum(plan.scaled_up(scaled))):
+            for index, value in enumerate(scaled):
+                if not math.isfinite(value):
+                    out.pop(plan.keys[index], None)
+        return out
+
+    def _with_slow(
+        self, plan: _Plan, values: Sequence[Any], scaled: list[float], reporter: KeyReporter, slug: str
+    ) -> tuple[dict[str, float], bool] | None:
+        """The fields of a plan with slow positions, in order, and whether a nested value was
+        flattened; None when one cannot be made exactly as the generic path would."""
+        made: dict[int, list[float] | dict[str, Scalar]] = {}
+        nested = 0
+        for slow in plan.slow:  # first what may refuse the report (no side effect yet)
+            value = values[slow.index]
+            cls = value.__class__
+            if cls is not dict and cls is not list:
+                if slow.what != _UNKNOWN:  # an array or object became a scalar
+                    return None
+                continue
+            if slow.what == _ARRAY and len(value) == len(slow.names):
+                elements = _divide(value, slow.divisors, None, slow.texts)
+                if elements is not None:
+                    made[slow.index], slow.texts = elements
+                    continue
+            flat: dict[str, Scalar] = {}
+            try:
+                if cls is dict:
+                    _flatten_object(value, slow.key + ".", flat, plan.depth + 1)
+                else:
+                    _flatten_other(value, slow.key, flat, plan.depth)
+            except PayloadError:
+                return None
+            if not plan.names.isdisjoint(flat) or any(len(k) > MAX_KEY_LENGTH for k in flat):
+                return None
+            made[slow.index] = flat
+            nested += len(flat)
+        if nested:
+            flats = [m for m in made.values() if m.__class__ is dict]
+            if nested + len(plan.names) > MAX_FIELDS or len(set().union(*flats)) != nested:
+                return None
+        out: dict[str, float] = {}
+        product = self.product
+        name = slug or product.slug
+        runs = plan.runs
+        for number, slow in enumerate(plan.slow):
+            start, stop, keys = runs[number]
+            if stop > start:
+                out.update(zip(keys, scaled[start:stop], strict=True))
+            done = made.get(slow.index)
+            if done is None:  # a key the catalog does not know: kept as it is, reported
+                raw = values[slow.index]
+                if raw.__class__ is str:
+                    raw = _number(raw)
+                    if raw.__class__ is str:
+                        reporter.non_numeric(name, slow.key, raw)
+                        continue
+                elif raw is None:
+                    continue
+                elif raw is True or raw is False:
+                    raw = int(raw)
+                reporter.unknown(name, slow.key, raw)
+                if slow.key != "time":  # InfluxDB refuses a field named `time`
+                    out[slow.key] = float(raw)
+            elif done.__class__ is list:
+                out.update(zip(slow.names, done, strict=True))
+            else:
+                _normalize_into(product, done.items(), out, reporter, name)  # type: ignore[union-attr]
+        start, stop, keys = runs[-1]
+        if stop > start:
+            out.update(zip(keys, scaled[start:stop], strict=True))
+        return out, nested > 0
+
+    def _plan(
+        self, shape: tuple[int, str, tuple[str, ...]], body: dict[str, Any], depth: int
+    ) -> _Plan | None:
+        """A plan for a key set seen before; None (the generic path) the first time, or when the
+        key set cannot have one."""
+        if shape in self._plans:  # refused before
+            return None
+        if shape not in self._pending:
+            if len(self._pending) >= _PENDING_LIMIT:
+                self._pending.clear()
+            self._pending.add(shape)
+            return None
+        self._pending.discard(shape)
+        plan = self._build(shape, body, depth)
+        if len(self._plans) < _PLANS_PER_PRODUCT:
+            self._plans[shape] = plan
+        return plan
+
+    def _intern(self, key: str) -> str:
+        return self._names.setdefault(key, key) if len(self._names) < _NAMES_LIMIT else key
+
+    def _build(
+        self, shape: tuple[int, str, tuple[str, ...]], body: dict[str, Any], depth: int
+    ) -> _Plan | None:
+        mode, prefix, names = shape
+        if not names or len(names) > MAX_FIELDS:
+            return None
+        positions = list(range(len(names)))
+        if mode == CMD_PREFIXED:
+            own = {i for i, key in enumerate(names) if key[:1] in _DIGITS and _CMD_PREFIX.match(key)}
+            positions = [i for i in positions if i not in own] + sorted(own)
+            keys = [names[i] if i in own else prefix + names[i] for i in positions]
+        elif mode == TYPE_CODE_PREFIXED:
+            keys = [key if key.startswith(prefix) else prefix + key for key in names]
+        else:
+            keys = list(names)
+        if len(set(keys)) != len(keys) or any(len(key) > MAX_KEY_LENGTH for key in keys):
+            return None
+        keys = [self._intern(key) for key in keys]
+        body_values = list(body.values())
+        values = [body_values[i] for i in positions]
+        product = self.product
+        fast: list[int] = []
+        specs: list[FieldSpec] = []
+        slow: list[_Slow] = []
+        runs: list[tuple[int, int, tuple[str, ...]]] = []
+        made = set(keys)
+        run_start = 0
+        for index, (key, value) in enumerate(zip(keys, values, strict=True)):
+            cls = value.__class__
+            if cls is dict or cls is list:
+                entry = (self._array(index, key, value, made) if cls is list else None) or _Slow(
+                    index, key, _NESTED
+                )
+            else:
+                spec = product.lookup(key)
+                if spec is not None:
+                    fast.append(index)
+                    specs.append(spec)
+                    continue
+                entry = _Slow(index, key, _UNKNOWN)
+            runs.append((run_start, len(fast), tuple(keys[i] for i in fast[run_start:])))
+            run_start = len(fast)
+            slow.append(entry)
+        runs.append((run_start, len(fast), tuple(keys[i] for i in fast[run_start:])))
+        if not fast:
+            return None  # nothing to gain
+        guarded = [i for i, spec in enumerate(specs) if spec.sentinels]
+        scaled_up = [i for i, spec in enumerate(specs) if spec.mul != 1.0]
+        return _Plan(
+            order=None if positions == list(range(len(names))) else itemgetter(*positions),
+            fast=None if len(fast) == len(keys) else _getter(fast),
+            keys=tuple(keys[i] for i in fast),
+            divisors=tuple(spec.div for spec in specs),
+            muls=tuple(spec.mul for spec in specs) if scaled_up else None,
+            sentinel_values=_getter(guarded) if guarded else None,
+            sentinel_positions=tuple(guarded),
+            sentinel_pairs=frozenset(
+                (i, sentinel * specs[i].mul / specs[i].div)
+                for i in guarded
+                for sentinel in specs[i].sentinels
+            ),
+            sentinels={i: specs[i].sentinels for i in guarded},
+            scaled_up=_getter(scaled_up) if scaled_up else None,
+            slow=tuple(slow),
+            runs=tuple(runs),
+            names=frozenset(made),
+            plain=all(plain_key(key) for key in made),
+            depth=depth,
+        )
+
+    def _array(self, index: int, key: str, value: list[Any], made: set[str]) -> _Slow | None:
+        """An array of numbers whose elements all divide: its element keys and divisors."""
+        names = [self._intern(f"{key}[{i}]") for i in range(len(value))]
+        if not names or made.intersection(names) or len(max(names, key=len)) > MAX_KEY_LENGTH:
+            return None
+        divisors = []
+        for element, item in zip(names, value, strict=True):
+            spec = self.product.lookup(element)
+            if item.__class__ in (dict, list) or spec is None or spec.sentinels or spec.mul != 1.0:
+                return None
+            divisors.append(spec.div)
+        made.update(names)
+        return _Slow(index, key, _ARRAY, tuple(names), tuple(divisors))
+
+
+def _getter(indices: list[int]) -> _Get:
+    if len(indices) == 1:
+        only = indices[0]
+        return lambda values: (values[only],)
+    return itemgetter(*indices)
+
+
+_fast: dict[int, FastNormalizer] = {}  # id(product) -> its FastNormalizer (which keeps it alive)
+
+
+def fast_normalizer(product: Product) -> FastNormalizer:
+    fast = _fast.get(id(product))
+    if fast is None or fast.product is not product:
+        if len(_fast) >= 1024:  # catalogs loaded again and again (tests): forget the old ones
+            _fast.clear()
+        fast = _fast[id(product)] = FastNormalizer(product)
+    return fast
 
 
 class Lookup(Protocol):

@@ -1,11 +1,16 @@
-"""decode -> normalize -> points: the one path every payload takes, from MQTT, HTTP or the CLI."""
+"""decode -> normalize -> points: the one path every payload takes, from MQTT, HTTP or the CLI.
+
+`process` takes the fast path where it can: a quota report whose key set the product repeats is
+flattened and normalized in one pass (normalize.FastNormalizer) into the same fields the generic
+path (decode_object, then normalize_values) makes; anything else takes the generic path.
+"""
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from collector.decoding import Decoded, TopicKind, decode_bytes
-from collector.normalize import KeyReporter, Lookup, normalize_values, summarize
+from collector.decoding import Decoded, LazyValues, TopicKind, decode_object, parse_json, quota_body
+from collector.normalize import KeyReporter, Lookup, fast_normalizer, normalize_values, summarize
 from collector.points import OFFLINE, ONLINE, Device, Point, device_point, status_point, summary_point
 
 
@@ -32,9 +37,17 @@ class Pipeline:
         if decoded.kind is not TopicKind.QUOTA:
             return []
         fields = normalize_values(device.product, decoded.values, self.reporter, device.slug)
+        return self._quota_points(device, fields, time_ms, memory, False)
+
+    @staticmethod
+    def _quota_points(
+        device: Device, fields: dict[str, float], time_ms: int, memory: FieldMemory | None, plain: bool
+    ) -> list[Point]:
         if not fields:
             return []
-        points = [device_point(device, fields, time_ms)]
+        point = device_point(device, fields, time_ms)
+        point.plain = plain
+        points = [point]
         known: Lookup = memory.merge(fields, time_ms) if memory is not None else fields
         summary = summarize(device.product, known)
         if summary:
@@ -51,5 +64,19 @@ class Pipeline:
     ) -> tuple[Decoded, list[Point]]:
         """Decode a raw payload and build its points; PayloadError on bad input."""
         product = device.product
-        decoded = decode_bytes(payload, topic_kind, product.cmd_prefix if product is not None else True)
+        cmd_prefix = product.cmd_prefix if product is not None else True
+        if topic_kind is not None and topic_kind.__class__ is not TopicKind:
+            topic_kind = TopicKind(topic_kind)
+        obj = parse_json(payload)
+        if product is not None:
+            located = quota_body(obj, topic_kind, cmd_prefix)
+            if located is not None:
+                body, mode, prefix, depth = located
+                made = fast_normalizer(product).normalize(
+                    body, mode, prefix, depth, self.reporter, device.slug
+                )
+                if made is not None:
+                    decoded = Decoded(TopicKind.QUOTA, LazyValues(obj, topic_kind, cmd_prefix))
+                    return decoded, self._quota_points(device, made[0], time_ms, memory, made[1])
+        decoded = decode_object(obj, topic_kind, cmd_prefix)
         return decoded, self.points(device, decoded, time_ms, memory)

@@ -49,6 +49,11 @@ _plain_keys: set[str] = set()
 _JSON_TO_LINE = bytes.maketrans(b":", b"=")
 
 
+def plain_key(key: str) -> bool:
+    """Whether a field key goes into line protocol as it is (and into JSON unquoted)."""
+    return _PLAIN_KEY.fullmatch(key) is not None
+
+
 def _all_plain(keys: Iterable[str]) -> bool:
     for key in keys:
         if key not in _plain_keys:
@@ -66,6 +71,7 @@ class Point:
     fields: dict[str, float]
     time_ms: int
     series_text: str | None = None  # measurement and tags in line protocol, when known already
+    plain: bool = False  # every field key is known to be plain (plain_key): to_line need not look
 
     def series(self) -> str:
         return ",".join(
@@ -76,7 +82,7 @@ class Point:
     def to_line(self, series: str | None = None) -> str:
         """One line of line protocol (decoding admits only finite numbers, so every value is)."""
         fields = self.fields
-        if _plain_keys.issuperset(fields) or _all_plain(fields):
+        if self.plain or _plain_keys.issuperset(fields) or _all_plain(fields):
             # {"a":1.0,"b":2.5} -> a=1.0,b=2.5: plain keys hold no `"` or `:`, nor do the numbers,
             # which orjson writes in a form line protocol reads
             body = orjson.dumps(fields).translate(_JSON_TO_LINE, b'"')[1:-1].decode()

@@ -1,8 +1,15 @@
-"""Per-device state: what each device last reported, and whether it is online.
+"""Per-device state: what each device last reported that a feature needs, and whether it is online.
 
-MQTT reports are incremental, so the collector remembers the last value and time of every field.
-Memory matters for fleets (10,000 devices x a few hundred fields): values live in flat arrays indexed
-through one key table per product, not in a dict per device.
+MQTT reports are incremental. The only feature that needs a device's earlier values is the fleet
+summary (`ecoflow_summary`, and the energy counters fed from it): its fields are sums of quota keys
+that arrive in different reports (a Delta Pro's `pd.wattsInSum` and `bmsMaster.soc` come in separate
+MQTT messages), so the last value of each key a summary term names is kept. Nothing else reads a
+device's earlier values: every other field is written as it arrives, and not remembered.
+
+Memory matters for fleets (10,000 devices): the values live in one flat array per device, indexed
+through one key table per product (the summary's keys, a handful), not in a dict per device. The
+time of each value is not kept (no feature reads it); `DeviceState` keeps the clocks the online
+tracking and the HTTP polls need. bench/memory.py measures bytes per device.
 """
 
 from __future__ import annotations
@@ -28,12 +35,16 @@ class Online(IntEnum):
 
 
 class KeyTable:
-    """Field key -> slot, shared by all devices of one product (bounded against invented keys;
-    the keys the fleet summary needs are reserved first, so invented keys cannot crowd them out)."""
+    """Field key -> slot, shared by all devices of one product.
 
-    def __init__(self, reserved: Iterable[str] = (), limit: int = 1024) -> None:
+    `grow=False` (the registry's tables): only the reserved keys (the fleet summary's) have slots.
+    `grow=True`: any key gets a slot on first sight, up to `limit` (bounded against invented keys;
+    the reserved keys come first, so invented keys cannot crowd them out)."""
+
+    def __init__(self, reserved: Iterable[str] = (), limit: int = 1024, grow: bool = True) -> None:
         self.slots: dict[str, int] = {key: index for index, key in enumerate(dict.fromkeys(reserved))}
-        self.limit = max(limit, len(self.slots))
+        self.limit = max(limit, len(self.slots)) if grow else len(self.slots)
+        self.grow = grow
 
     def slot(self, key: str) -> int | None:
         index = self.slots.get(key)
@@ -43,28 +54,34 @@ class KeyTable:
 
 
 class FieldMemory:
-    """The last value and receive time (s) of each field of one device."""
+    """The last value of each field of one device that its key table has a slot for."""
 
-    __slots__ = ("_table", "_times", "_values")
+    __slots__ = ("_table", "_values")
 
     def __init__(self, table: KeyTable) -> None:
         self._table = table
         self._values = array("d")
-        self._times = array("I")  # seconds since the epoch: enough until 2106, 4 bytes a field
 
     def merge(self, fields: dict[str, float], time_ms: int) -> FieldMemory:
-        values, times, slot = self._values, self._times, self._table.slot
-        seconds = time_ms // 1000
+        """Take a report's fields (`time_ms` is not kept: nothing reads it)."""
+        values, table = self._values, self._table
+        if not table.grow:  # the few reserved keys, looked up in the report
+            if len(values) < len(table.slots):
+                values.extend([NO_VALUE] * (len(table.slots) - len(values)))
+            get = fields.get
+            for key, index in table.slots.items():
+                value = get(key)
+                if value is not None:
+                    values[index] = value
+            return self
+        slot = table.slot
         for key, value in fields.items():
-            index = slot(key)
-            if index is None:
+            position = slot(key)
+            if position is None:
                 continue
-            if index >= len(values):
-                grow = index + 1 - len(values)
-                values.extend([NO_VALUE] * grow)
-                times.extend([0] * grow)
-            values[index] = value
-            times[index] = seconds
+            if position >= len(values):
+                values.extend([NO_VALUE] * (position + 1 - len(values)))
+            values[position] = value
         return self
 
     def get(self, key: str) -> float | None:
@@ -73,12 +90,6 @@ class FieldMemory:
             return None
         value = self._values[index]
         return None if math.isnan(value) else value
-
-    def time_s(self, key: str) -> int | None:
-        index = self._table.slots.get(key)
-        if index is None or index >= len(self._times) or math.isnan(self._values[index]):
-            return None
-        return self._times[index]
 
     def items(self) -> list[tuple[str, float]]:
         values = self._values
@@ -151,7 +162,7 @@ class Registry:
                 if device.product
                 else []
             )
-            table = self._tables[device.slug] = KeyTable(summary_keys)
+            table = self._tables[device.slug] = KeyTable(summary_keys, grow=False)
         return table
 
     def get(self, sn: str) -> DeviceState | None:

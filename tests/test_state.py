@@ -11,18 +11,43 @@ import pytest
 
 from collector.catalog import default_catalog
 from collector.daemon import shard_of
+from collector.pipeline import Pipeline
 from collector.points import Device
 from collector.state import FieldMemory, KeyTable, Online, Registry
 from collector.statedir import StateDir, StateDirError
 
 
-def test_memory_keeps_last_value_and_time_per_field() -> None:
+def test_memory_keeps_last_value_per_field() -> None:
     memory = FieldMemory(KeyTable())
     memory.merge({"a": 1.0, "b": 2.0}, 1_000_000)
     view = memory.merge({"b": 3.0}, 2_000_000)
     assert view.get("a") == 1.0 and view.get("b") == 3.0 and view.get("c") is None
-    assert memory.time_s("a") == 1000 and memory.time_s("b") == 2000
     assert sorted(memory.items()) == [("a", 1.0), ("b", 3.0)]
+
+
+def test_registry_memory_keeps_only_the_summary_keys() -> None:
+    """The summary is the one feature that reads earlier values: nothing else is kept."""
+    catalog = default_catalog()
+    state = Registry().add(Device.resolve(catalog, "DCABZ1", None, "delta_pro"))
+    state.memory.merge({"pd.wattsInSum": 296.0, "pd.beepState": 1.0}, 1000)
+    state.memory.merge({"ems.f32LcdShowSoc": 80.0}, 2000)
+    summary_keys = {key for terms in catalog.products["delta_pro"].summary.values() for key, _ in terms}
+    assert {key for key, _ in state.memory.items()} == {"pd.wattsInSum", "ems.f32LcdShowSoc"} <= summary_keys
+    assert state.memory.get("pd.beepState") is None
+    unknown = Registry().add(Device.resolve(catalog, "ZZ1", None, "no such product"))
+    assert unknown.memory.merge({"a": 1.0}, 0).items() == []
+
+
+def test_summary_merges_terms_from_separate_reports() -> None:
+    catalog = default_catalog()
+    device = Device.resolve(catalog, "DCABZ1", None, "delta_pro")
+    state = Registry().add(device)
+    pipeline = Pipeline()
+    pipeline.process(device, b'{"params": {"pd.wattsInSum": 296}, "version": "1.0"}', None, 1, state.memory)
+    _, points = pipeline.process(
+        device, b'{"params": {"pd.wattsOutSum": 10}, "version": "1.0"}', None, 2, state.memory
+    )
+    assert points[1].fields["input_w"] == 296.0 and points[1].fields["output_w"] == 10.0
 
 
 def test_devices_of_one_product_share_a_key_table_but_not_values() -> None:
