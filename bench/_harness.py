@@ -57,6 +57,10 @@ def toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items() if v is not None) + "}"
     return json.dumps(str(value))
 
 
@@ -85,14 +89,31 @@ def collector_config(
     influxdb: dict[str, Any] | None = None,
     mqtt: dict[str, Any] | None = None,
     devices: Sequence[SimDevice] | None = None,
+    accounts: bool = False,
     **collector: Any,
 ) -> Path:
     """A config for `cloud`'s first account; `devices` (default: all of the account's) are listed
-    explicitly, so the start-up seeds each once and the device list adds nothing."""
+    explicitly, so the start-up seeds each once and the device list adds nothing. `accounts`:
+    every account of the cloud as an `[[accounts]]` entry (`a0`, `a1`, ...) listing its devices."""
     settings = cloud.collector_settings()
     if devices is not None:
         settings["devices"] = [
             {"sn": d.sn, "name": d.device_name, "product": d.product_slug} for d in devices
+        ]
+    if accounts:
+        settings.pop("devices", None)
+        settings["ecoflow"] = {"api_url": cloud.url}
+        settings["accounts"] = [
+            {
+                "name": f"a{index}",
+                "access_key": account.access_key,
+                "secret_key": account.secret_key,
+                "devices": [
+                    {"sn": d.sn, "name": d.device_name, "product": d.product_slug}
+                    for d in account.devices.values()
+                ],
+            }
+            for index, account in enumerate(cloud.accounts)
         ]
     settings["mqtt"] = {**settings.get("mqtt", {}), "reconnect_max_s": 2, **(mqtt or {})}
     settings["influxdb"] = {"url": influx.url, "bucket": db, "token": "t", **(influxdb or {})}
@@ -157,19 +178,44 @@ class CpuMeter:
         return out
 
 
-class CollectorProcess:
-    """``python -m collector run --config F``, its output appended to `log`."""
+def child_pids(pid: int) -> list[int]:
+    """The live children of a process (from /proc/*/stat's parent pid)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_bytes()
+        except OSError:
+            continue
+        if int(stat[stat.rfind(b")") + 2 :].split()[1]) == pid:
+            out.append(int(entry.name))
+    return out
 
-    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None) -> None:
+
+class CollectorProcess:
+    """``python -m collector run --config F``, its output appended to `log`. `source`: run the
+    collector of another source tree (a baseline for side-by-side figures)."""
+
+    def __init__(
+        self, config: Path, log: Path, env: dict[str, str] | None = None, source: Path | None = None
+    ) -> None:
         self.config = config
         self.log = log
-        self.env = env
+        self.env = dict(env or {})
+        if source is not None:
+            self.env["PYTHONPATH"] = str(source)
+        self.source = source
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def pid(self) -> int:
         assert self.process is not None
         return self.process.pid
+
+    def pids(self) -> list[int]:
+        """The process and its children (the workers of a supervisor)."""
+        return [self.pid, *child_pids(self.pid)] if self.running() else []
 
     def start(self) -> None:
         with self.log.open("ab") as out:
@@ -178,13 +224,23 @@ class CollectorProcess:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **self.env} if self.env else None,
+                cwd=self.source,
             )
 
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
     def sample(self) -> ProcSample | None:
-        return proc_sample(self.pid) if self.running() else None
+        """CPU and memory of the process and its workers: CPU and RSS summed, VmHWM summed (the
+        peaks of the processes, which need not have been at the same moment)."""
+        if not self.running():
+            return None
+        samples = [s for s in map(proc_sample, self.pids()) if s is not None]
+        if not samples:
+            return None
+        return ProcSample(
+            sum(s.cpu_s for s in samples), sum(s.rss_kb for s in samples), sum(s.hwm_kb for s in samples)
+        )
 
     def terminate(self, timeout: float = 15.0) -> int:
         assert self.process is not None

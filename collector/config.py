@@ -120,6 +120,9 @@ class CollectorSection(BaseModel):
     # ordinal (POD_NAME or HOSTNAME ending in -<ordinal>, as a StatefulSet names them) and N from
     # ECOFLOW_COLLECTOR_SHARD_COUNT (see deploy/kubernetes/)
     shard: str | None = Field(None, pattern=r"^(\d+/\d+|auto)$")
+    # N > 1: `run` supervises N worker processes, each taking a share of this instance's devices
+    # (collector/supervisor.py): all cores of one machine
+    workers: int = Field(1, ge=1, le=64)
 
     @model_validator(mode="after")
     def _stale_before_offline(self) -> CollectorSection:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import signal
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -34,6 +35,7 @@ from collector.sink.influx import InfluxWriter
 from collector.sources.credentials import mqtt_credentials
 from collector.sources.http import refusal_message
 from collector.statedir import StateDir, StateDirError
+from collector.supervisor import Supervisor, worker_client_id
 
 log = structlog.get_logger("collector.run")
 
@@ -43,6 +45,8 @@ def register(commands: Any) -> None:
         "run", help="run the collector daemon (MQTT + HTTP fallback -> InfluxDB)"
     )
     run_parser.add_argument("--config", type=Path, help="TOML config file (environment overrides it)")
+    # set by the supervisor of `[collector] workers = N` (collector/supervisor.py) for its workers
+    run_parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     run_parser.set_defaults(handler=run)
     check_parser: argparse.ArgumentParser = commands.add_parser(
         "check", help="validate the config and probe the EcoFlow API, MQTT and InfluxDB"
@@ -90,17 +94,41 @@ def parse_shard(text: str | None, environ: Mapping[str, str] = os.environ) -> tu
     return index - 1, count
 
 
+def _tag_worker(worker: int) -> None:
+    """Every log line of a worker process carries `worker=<j>` (threads included)."""
+
+    def add_worker(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        event.setdefault("worker", worker)
+        return event
+
+    processors = list(structlog.get_config()["processors"])
+    structlog.configure(processors=[add_worker, *processors])
+    for handler in logging.getLogger().handlers:
+        formatter = handler.formatter
+        if isinstance(formatter, structlog.stdlib.ProcessorFormatter):
+            formatter.foreign_pre_chain = [add_worker, *(formatter.foreign_pre_chain or [])]
+
+
 def run(args: argparse.Namespace) -> int:
     """The daemon. Returns only on a usage error: after a signal it stops and ends the process."""
     settings = load_settings(args.config)
     configure(args.log_level or settings.logging.level, args.log_format or settings.logging.format)
+    worker: int | None = getattr(args, "worker", None)
+    if worker is None and settings.collector.workers > 1:
+        return supervise(args, settings)
+    if worker is not None:
+        _tag_worker(worker)
     catalog = default_catalog()  # an invalid catalog stops the start here
     accounts = settings.account_settings()
     try:
         state_dir = StateDir(settings.collector.state_dir)
         state_dir.lock()
-        # one persisted id per account (EcoFlow allows about 10 a day per account)
-        client_ids = {a.name: state_dir.client_id(a.mqtt.client_id, a.name) for a in accounts}
+        # one persisted id per account (EcoFlow allows about 10 a day per account); a worker keeps
+        # its own in its own state_dir, and a configured id gets the worker's suffix
+        client_ids = {
+            a.name: state_dir.client_id(worker_client_id(a.mqtt.client_id, worker or 0), a.name)
+            for a in accounts
+        }
     except (StateDirError, OSError) as exc:
         raise UsageError(str(exc)) from None
     # each account its own retry budget and circuit breaker: one failing never stalls another
@@ -123,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         client_id=client_ids,
         shard=parse_shard(settings.collector.shard),
         energy_restore=influx_restorer(history, settings.influxdb.bucket),
-        rollup_job=rollups.run,
+        rollup_job=rollups.run if not worker else None,  # one rollup job: the process, or worker 0
     )
     stop = threading.Event()
 
@@ -152,6 +180,50 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def supervise(args: argparse.Namespace, settings: Settings) -> int:
+    """`[collector] workers = N` (N > 1): start N workers, serve the one /healthz, restart the
+    workers that die, and stop them all on SIGTERM/SIGINT (collector/supervisor.py)."""
+    outer = parse_shard(settings.collector.shard)
+    try:
+        state_dir = StateDir(settings.collector.state_dir)
+        state_dir.lock()  # one supervisor per state_dir (each worker locks its own sub-folder)
+    except (StateDirError, OSError) as exc:
+        raise UsageError(str(exc)) from None
+    log_args = [f"--log-level={args.log_level}"] if args.log_level else []
+    log_args += [f"--log-format={args.log_format}"] if args.log_format else []
+    supervisor = Supervisor(settings, args.config, outer, log_args=log_args)
+    health = None
+    host, port = settings.collector.healthz_host, settings.collector.healthz_port
+    if port is not None:
+        try:
+            health = HealthServer(port, supervisor.health, host=host)
+        except OSError as exc:
+            raise UsageError(f"healthz on {host}:{port}: {exc.strerror}") from None
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("collector.signal", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if health is not None:
+        health.start()
+        log.info("healthz.listening", host=host, port=health.port)
+    status = 0
+    try:
+        supervisor.start()
+        stop.wait()
+    finally:
+        status = supervisor.stop()
+        if health is not None:
+            health.stop()
+        state_dir.unlock()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def _report(name: str, ok: bool, detail: str) -> bool:
