@@ -23,6 +23,7 @@ import paho.mqtt
 import paho.mqtt.client as mqtt
 import structlog
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.exception import MalformedPacket
 from paho.mqtt.reasoncodes import ReasonCode
 
 from collector.decoding import TopicKind
@@ -31,6 +32,21 @@ log = structlog.get_logger("collector.mqtt")
 
 _AUTH_FAILURES = {"Not authorized", "Bad user name or password"}
 _SUBSCRIBE_CHUNK = 200  # topics per SUBSCRIBE packet
+
+# The subscription's QoS: 0. EcoFlow's sessions are clean sessions (and must be: a persistent
+# session would pile up messages on EcoFlow's broker for an id it may blacklist), so QoS 1 would
+# buy no redelivery: a broker drops a clean session's unacknowledged messages with the connection,
+# and within a connection TCP already delivers every byte in order. Nor would it make anything
+# more durable here: the collector acknowledges a report when it is queued for the writer, not
+# when it is stored, so a crash loses the same reports either way (at most `flush_interval_s` of
+# them; docs/benchmarks.md, "Soak"). What QoS 1 costs: a PUBACK built, queued and sent (a TLS
+# record) per report, about a fifth of the collector's CPU per report before this change, and the
+# broker's in-flight window (Mosquitto: 20 messages per client) on the way to the collector. What a
+# report's own QoS is when devices publish (between device and broker) is EcoFlow's business and
+# unchanged; a subscriber gets min(its QoS, the publisher's). Both QoS drop messages a client does
+# not read fast enough once the broker's queue for it is full.
+SUBSCRIBE_QOS: Final = 0
+_TOPIC_CACHE_MAX = 100_000  # topic bytes -> (sn, kind): 3 topics per device
 
 
 @dataclass(frozen=True)
@@ -127,6 +143,17 @@ class _BufferedSocket:
         self._position = end
         return buffer[position:end]
 
+    def take(self) -> bytes:
+        """Everything not yet read: what is buffered, else whatever the connection holds (raises
+        as the socket does when it holds nothing). For :class:`_Client`'s own packet parser."""
+        buffer, position = self._buffer, self._position
+        if position < len(buffer):
+            self._buffer, self._position = b"", 0
+            return buffer[position:] if position else buffer
+        data = self._fill()
+        self._buffer, self._position = b"", 0
+        return data
+
     def _fill(self) -> bytes:
         """Whatever the connection holds (raises as the socket does when it holds nothing)."""
         data: bytes = self._sock.recv(_READ_CHUNK)
@@ -199,21 +226,127 @@ class _BufferedSocket:
         return getattr(self._sock, name)
 
 
+RawMessageHandler = Callable[[bytes, bytes], None]  # (topic, payload) of a PUBLISH, on paho's thread
+
+_PUBLISH: Final = 0x30
+
+
 class _Client(mqtt.Client):
-    """paho's client on a :class:`_BufferedSocket`, handling every packet already read per pass."""
+    """paho's client on a :class:`_BufferedSocket`, with its own packet reader.
+
+    paho handles one packet per ``loop_read``: three reads, a dict of parser state, and for a
+    PUBLISH an :class:`MQTTMessage`, a debug-log call, a topic match against the filters of
+    ``message_callback_add`` under a lock, and the ``on_message`` callback under another. Here
+    ``loop_read`` takes everything the connection holds at once and cuts it into packets itself:
+    a QoS 0/1 PUBLISH goes straight to :attr:`raw_message` as ``(topic, payload)`` bytes (and
+    QoS 1 gets its PUBACK, as paho would send it); every other packet (CONNACK, SUBACK, PINGRESP,
+    QoS 2 ...) is handed to paho's own handler exactly as paho's reader would. An incomplete packet
+    at the end waits for the next read. Without :attr:`raw_message` (or on MQTT 5) paho reads.
+    """
+
+    raw_message: RawMessageHandler | None = None
+    _partial: bytes = b""
 
     def _create_socket(self) -> Any:
+        self._partial = b""  # a new connection starts on a packet boundary
         return _BufferedSocket(super()._create_socket())
 
-    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
-        rc = super().loop_read(max_packets)
+    def _packet_read(self) -> MQTTErrorCode:
         sock = getattr(self, "_sock", None)
+        if (
+            self.raw_message is not None
+            and isinstance(sock, _BufferedSocket)
+            and self._in_packet["command"] == 0
+            and self._protocol != mqtt.MQTTv5
+        ):
+            return self._read_packets(sock)
+        return super()._packet_read()
+
+    def loop_read(self, max_packets: int = 1) -> MQTTErrorCode:
+        sock = getattr(self, "_sock", None)
+        rc = super().loop_read(max_packets)
         passes = 0  # bounded, so keepalive and writes get their turn in a long burst
         while rc == mqtt.MQTT_ERR_SUCCESS and isinstance(sock, _BufferedSocket) and passes < 1000:
             if not sock.buffered() or getattr(self, "_sock", None) is not sock:
                 break
             rc = super().loop_read(max_packets)
             passes += 1
+        return rc
+
+    def _read_packets(self, sock: _BufferedSocket) -> MQTTErrorCode:
+        """paho's ``_packet_read`` (called by its ``loop_read``) for every whole packet held."""
+        try:
+            data = sock.take()
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return MQTTErrorCode.MQTT_ERR_AGAIN
+        except OSError:
+            return MQTTErrorCode.MQTT_ERR_CONN_LOST
+        if not data:
+            return MQTTErrorCode.MQTT_ERR_CONN_LOST
+        if self._partial:
+            data, self._partial = self._partial + data, b""
+        with self._msgtime_mutex:
+            self._last_bytes_received = mqtt.time_func()
+        handler = self.raw_message
+        assert handler is not None
+        size = len(data)
+        position = 0
+        while position + 2 <= size:
+            command = data[position]
+            index = position + 1
+            length = 0
+            shift = 0
+            while True:  # the remaining length: 1-4 bytes, 7 bits each
+                if index >= size:
+                    self._partial = data[position:]
+                    return MQTTErrorCode.MQTT_ERR_SUCCESS
+                byte = data[index]
+                index += 1
+                length |= (byte & 0x7F) << shift
+                if not byte & 0x80:
+                    break
+                shift += 7
+                if shift > 21:
+                    return MQTTErrorCode.MQTT_ERR_PROTOCOL
+            end = index + length
+            if end > size:
+                break
+            qos = (command >> 1) & 3
+            if command & 0xF0 == _PUBLISH and qos < 2:
+                if length < 2:
+                    return MQTTErrorCode.MQTT_ERR_PROTOCOL
+                body = index + 2 + ((data[index] << 8) | data[index + 1])
+                start = body + 2 if qos else body
+                if start > end:
+                    return MQTTErrorCode.MQTT_ERR_PROTOCOL
+                handler(data[index + 2 : body], data[start:end])
+                if qos:
+                    rc = self._send_puback((data[body] << 8) | data[body + 1])
+                    if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                        return rc
+            else:
+                rc = self._handle_by_paho(command, data[index:end])
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or getattr(self, "_sock", None) is not sock:
+                    return rc
+            position = end
+        if position < size:
+            self._partial = data[position:]
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    def _handle_by_paho(self, command: int, body: bytes) -> MQTTErrorCode:
+        """One whole packet through paho's own handler, as its reader would have passed it."""
+        packet = self._in_packet  # paho's fresh state (command 0): only what a whole packet sets
+        packet["command"] = command
+        packet["packet"] = bytearray(body)
+        packet["pos"] = 0
+        try:
+            rc = self._packet_handle()
+        except MalformedPacket:
+            rc = MQTTErrorCode.MQTT_ERR_PROTOCOL
+        finally:
+            packet["command"] = 0
+            packet["packet"] = bytearray()
+            packet["pos"] = 0
         return rc
 
 
@@ -245,11 +378,14 @@ class MqttSource:
         subscribe_retry_max_s: float = 300.0,
         credentials_recheck_s: float = 5.0,
         account: str | None = None,
+        qos: int = SUBSCRIBE_QOS,
     ) -> None:
         """``buffered_socket``: None (default) buffers the broker connection (:class:`_BufferedSocket`)
         when the installed paho is a release known to have the private hooks it needs, else uses
         paho's own socket (logged once); True/False force either."""
         self.client_id = client_id
+        self.qos = qos
+        self._topics: dict[bytes, tuple[str, TopicKind, str]] = {}
         # several accounts: every event names the account (one account: as before)
         self._log = structlog.get_logger("collector.mqtt", account=account) if account else log
         self._buffered_socket = buffered_socket
@@ -419,6 +555,8 @@ class MqttSource:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        if isinstance(client, _Client):
+            client.raw_message = self._on_raw
         client.on_subscribe = self._on_subscribe
         return client
 
@@ -431,7 +569,7 @@ class MqttSource:
         """SUBSCRIBE in chunks; each chunk's SUBACK is checked in :meth:`_on_subscribe`."""
         for start in range(0, len(topics), _SUBSCRIBE_CHUNK):
             chunk = topics[start : start + _SUBSCRIBE_CHUNK]
-            result, mid = client.subscribe([(t, 1) for t in chunk])
+            result, mid = client.subscribe([(t, self.qos) for t in chunk])
             if result != mqtt.MQTT_ERR_SUCCESS or mid is None:
                 self._log.warning("mqtt.subscribe_failed", error=mqtt.error_string(result))
                 return False
@@ -602,6 +740,25 @@ class MqttSource:
             self._handler(sn, kind, bytes(message.payload))
         except Exception:  # the handler counts its own failures; this is the last line of defence
             self._log.exception("mqtt.handler_failed", sn=sn, topic=kind.value)
+
+    def _on_raw(self, topic: bytes, payload: bytes) -> None:
+        """A PUBLISH as :class:`_Client` reads it (paho's thread): the topic parsed once per topic."""
+        parsed = self._topics.get(topic)
+        if parsed is None:
+            found = parse_topic(topic.decode("utf-8", "replace"))
+            if found is None:
+                return
+            parsed = (found[0], found[1], found[1].value)
+            if len(self._topics) >= _TOPIC_CACHE_MAX:
+                self._topics.clear()
+            self._topics[topic] = parsed
+        sn, kind, name = parsed
+        self.last_message_ms = self._clock_ms()
+        self.messages[name] += 1
+        try:
+            self._handler(sn, kind, payload)
+        except Exception:  # the handler counts its own failures; this is the last line of defence
+            self._log.exception("mqtt.handler_failed", sn=sn, topic=name)
 
     def _host(self) -> str:
         c = self._credentials
