@@ -617,6 +617,7 @@ _IDLE_FRAMES = (
     "_wait_for_tstate",
     "accept (socket",
     "QuotaPoller._work (",
+    "_pause (mqtt.py",  # the MQTT source's read coalescing: a sleep
 )
 
 

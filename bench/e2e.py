@@ -2,7 +2,17 @@
 InfluxDB, measured from the outside.
 
     python3 bench/e2e.py [--devices 10,1000,10000] [--rates 5000,10000,0] [--seconds 20]
-                         [--workers 3] [--no-gzip] [--plain]
+                         [--generators 3] [--workers 2] [--accounts 4] [--no-gzip] [--plain]
+                         [--baseline DIR]
+
+``--workers N`` runs the collector with ``[collector] workers = N`` (a supervisor and N worker
+processes; its CPU is the sum of all of them); ``--accounts K`` spreads the N devices over K
+EcoFlow accounts of the local cloud (the collector gets K ``[[accounts]]``); ``--baseline DIR``
+runs a second collector from another source tree (e.g. ``git archive <commit>`` unpacked in DIR)
+at the same time, subscribed to the same reports and writing into its own database, so CPU per
+report before and after a change is measured side by side under the same load (the VM's speed
+drifts; compare ratios, not rates across runs). Beside each row: CPU per report and, where the
+row is one of the floors' cases, whether the floor is met.
 
 For each device count N (half PowerStream, half Delta Pro) it starts a private Mosquitto (TLS
 and password auth, as the testbed runs it), a private InfluxDB, the local EcoFlow cloud with N
@@ -36,6 +46,7 @@ What is measured, per rate:
 from __future__ import annotations
 
 import argparse
+import itertools
 import multiprocessing
 import os
 import queue
@@ -80,33 +91,44 @@ PROBE_INTERVAL_S = 0.02
 
 def generator(
     index: int,
-    refs: list[DeviceRef],
-    account: str,
-    password: str,
+    refs: list[tuple[DeviceRef, str, str]],
     host: str,
     port: int,
     commands: Any,
     results: Any,
     samples: Any,
 ) -> None:
-    """One load-generator process: builds its devices' report pools, then runs phases on command."""
-    pools = [ReportPool(ref, account, seed=index) for ref in refs]
-    mqtt = RawPublisher(host, port, account, password, f"bench-gen-{index}-{time.time_ns() % 10**9}")
-    mqtt.connect()
+    """One load-generator process: builds its devices' report pools (one MQTT connection per
+    account: `refs` are (device, certificate account, password)), then runs phases on command."""
+    publishers: dict[str, RawPublisher] = {}
+    pools: list[tuple[ReportPool, RawPublisher]] = []
+    for ref, account, password in refs:
+        mqtt = publishers.get(account)
+        if mqtt is None:
+            mqtt = publishers[account] = RawPublisher(
+                host, port, account, password, f"bench-gen-{index}-{len(publishers)}-{time.time_ns() % 10**9}"
+            )
+            mqtt.connect()
+        pools.append((ReportPool(ref, account, seed=index), mqtt))
     results.put(("ready", index))
     while True:
         command = commands.get()
         if command is None:
             break
         rate, seconds = command
-        results.put(("done", index, _phase(mqtt, pools, rate, seconds, samples)))
-    mqtt.close()
+        results.put(("done", index, _phase(list(publishers.values()), pools, rate, seconds, samples)))
+    for mqtt in publishers.values():
+        mqtt.close()
 
 
 def _phase(
-    mqtt: RawPublisher, pools: list[ReportPool], rate: float, seconds: float, samples: Any
+    publishers: list[RawPublisher],
+    pools: list[tuple[ReportPool, RawPublisher]],
+    rate: float,
+    seconds: float,
+    samples: Any,
 ) -> dict[str, Any]:
-    before = {pool.sn: pool.count for pool in pools}
+    before = {pool.sn: pool.count for pool, _ in pools}
     sample_every = max(1, int((rate or 20_000) / SAMPLES_PER_S))
     sent = fields = 0
     started = time.monotonic()
@@ -125,20 +147,23 @@ def _phase(
             continue
         due = min(due, 500)
         t_us = time.time_ns() // 1000
-        batch = []
+        batches: dict[int, list[tuple[bytes, bytes]]] = {}
         for _ in range(due):
-            pool = pools[position % n]
+            pool, mqtt = pools[position % n]
             position += 1
             payload, count = pool.next(t_us)
             fields += count
-            batch.append((pool.topic, payload))
+            batches.setdefault(id(mqtt), []).append((pool.topic, payload))
             sent += 1
             if sent % sample_every == 0:
                 samples.put((pool.product, pool.sn, pool.count, t_us))
-        mqtt.publish(batch)
+        for mqtt in publishers:
+            batch = batches.get(id(mqtt))
+            if batch:
+                mqtt.publish(batch)
     last_ns = time.time_ns()
     last_us = t_us if sent else 0
-    acked = mqtt.wait_acked(60)
+    acked = all([mqtt.wait_acked(60) for mqtt in publishers])
     return {
         "sent": sent,
         "fields": fields,
@@ -146,7 +171,7 @@ def _phase(
         "last_ns": last_ns,
         "last_us": last_us,
         "acked": acked,
-        "published": {pool.sn: pool.count - before[pool.sn] for pool in pools},
+        "published": {pool.sn: pool.count - before[pool.sn] for pool, _ in pools},
     }
 
 
@@ -154,13 +179,15 @@ def _phase(
 
 
 class LatencyProbe:
-    """Polls InfluxDB for sampled reports; a sample's latency is first-seen time - publish time."""
+    """Polls InfluxDB for sampled reports; a sample's latency is first-seen time - publish time
+    (in each database: the collector's, and the baseline's when there is one)."""
 
-    def __init__(self, influx: InfluxServer, samples: Any) -> None:
+    def __init__(self, influx: InfluxServer, samples: Any, dbs: list[str]) -> None:
         self.influx = influx
         self.samples = samples
-        self.latencies = Percentiles()
-        self.outstanding: list[tuple[str, str, int, int]] = []
+        self.dbs = dbs
+        self.latencies = {db: Percentiles() for db in dbs}
+        self.outstanding: dict[str, list[tuple[str, str, int, int]]] = {db: [] for db in dbs}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="latency-probe", daemon=True)
 
@@ -171,24 +198,27 @@ class LatencyProbe:
         self._stop.set()
         self._thread.join(10)
 
-    def reset(self) -> Percentiles:
-        done, self.latencies = self.latencies, Percentiles()
+    def reset(self) -> dict[str, Percentiles]:
+        done, self.latencies = self.latencies, {db: Percentiles() for db in self.dbs}
         return done
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
                 while True:
-                    self.outstanding.append(self.samples.get_nowait())
+                    sample = self.samples.get_nowait()
+                    for db in self.dbs:
+                        self.outstanding[db].append(sample)
             except queue.Empty:
                 pass
-            if self.outstanding:
-                self._poll()
+            for db in self.dbs:
+                if self.outstanding[db]:
+                    self._poll(db)
             self._stop.wait(PROBE_INTERVAL_S)
 
-    def _poll(self) -> None:
+    def _poll(self, db: str) -> None:
         wanted: dict[tuple[str, str], int] = {}  # (product, sn) -> earliest publish time (us)
-        for product, sn, _, t_us in self.outstanding:
+        for product, sn, _, t_us in self.outstanding[db]:
             key = (product, sn)
             wanted[key] = min(wanted.get(key, t_us), t_us)
         keys = list(wanted)
@@ -198,7 +228,7 @@ class LatencyProbe:
             for p, sn in keys
         ]
         try:
-            answer = self.influx.query(DB, "; ".join(statements), epoch="ms", timeout=10)
+            answer = self.influx.query(db, "; ".join(statements), epoch="ms", timeout=10)
         except Exception:
             return
         seen_ns = time.time_ns()
@@ -209,13 +239,13 @@ class LatencyProbe:
                 if value is not None:
                     highest[keys[result["statement_id"]]] = int(value)
         still = []
-        for sample in self.outstanding:
+        for sample in self.outstanding[db]:
             product, sn, seq, t_us = sample
             if highest.get((product, sn), 0) >= seq:
-                self.latencies.values.append((seen_ns / 1000 - t_us) / 1e6)
+                self.latencies[db].values.append((seen_ns / 1000 - t_us) / 1e6)
             else:
                 still.append(sample)
-        self.outstanding = still
+        self.outstanding[db] = still
 
 
 # ----------------------------------------------------------------------------- one device count
@@ -240,6 +270,9 @@ class Row:
     hwm_mb: float
     rss_mb: float
     shares: dict[str, float]
+    label: str = ""  # "" = the collector under test, "baseline" = the --baseline collector
+    accounts: int = 1
+    workers: int = 1
 
     @property
     def rate(self) -> float:
@@ -254,125 +287,134 @@ class Row:
         )
 
 
+@dataclass
+class Collector:
+    """One collector under measurement (its process tree) and the database it writes."""
+
+    label: str
+    process: CollectorProcess
+    db: str
+    port: int
+    workers: int
+
+
 def run_devices(count: int, args: argparse.Namespace, workdir: Path) -> tuple[list[Row], dict[str, Any]]:
-    half = count // 2
-    spec = f"powerstream={count - half},delta_pro={half}" if half else "powerstream=1"
+    accounts = max(1, min(args.accounts, count))
+    per_account = count // accounts
+    half = per_account // 2
+    spec = f"powerstream={per_account - half},delta_pro={half}" if half else "powerstream=1"
     info: dict[str, Any] = {}
     ctx = multiprocessing.get_context("spawn")
     with (
         MosquittoServer() as broker,
         InfluxServer() as influx,
-        LocalCloud(spec, mosquitto=broker, publish_rate=None) as cloud,
+        LocalCloud(spec, accounts=accounts, mosquitto=broker, publish_rate=None) as cloud,
     ):
-        influx.create_database(DB)
         devices = cloud.devices
-        port = free_port()
-        influxdb: dict[str, Any] = {}
-        if args.no_gzip:
-            influxdb["gzip"] = False
-        mqtt: dict[str, Any] = {}
-        if args.plain:
-            mqtt = {"tls": False, "port": broker.port, "host": broker.host}
-        config = collector_config(
-            workdir / f"collector-{count}.toml",
-            cloud,
-            influx,
-            DB,
-            workdir / f"state-{count}",
-            healthz_port=port,
-            influxdb=influxdb,
-            mqtt=mqtt,
-            quota_all_interval_s=86_400,
-            stale_after_s=86_400,
-            offline_after_s=172_800,  # must exceed stale_after_s (config validation)
-            status_interval_s=3600,
-        )
-        log_path = workdir / f"collector-{count}.log"
-        log_path.unlink(missing_ok=True)
-        process = CollectorProcess(config, log_path)
+        count = len(devices)
+        collectors: list[Collector] = []
+        runs = [("", None, DB, args.workers)]
+        if args.baseline is not None:  # the baseline knows nothing of workers: one process
+            runs.append(("baseline", args.baseline, DB + "_base", 1))
+        for label, source, db, workers in runs:
+            influx.create_database(db)
+            port = free_port()
+            influxdb: dict[str, Any] = {}
+            if args.no_gzip:
+                influxdb["gzip"] = False
+            mqtt: dict[str, Any] = {}
+            if args.plain:
+                mqtt = {"tls": False, "port": broker.port, "host": broker.host}
+            name = f"{label or 'collector'}-{count}"
+            config = collector_config(
+                workdir / f"{name}.toml",
+                cloud,
+                influx,
+                db,
+                workdir / f"state-{name}",
+                healthz_port=port,
+                influxdb=influxdb,
+                mqtt=mqtt,
+                accounts=accounts > 1,
+                quota_all_interval_s=86_400,
+                stale_after_s=86_400,
+                offline_after_s=172_800,  # must exceed stale_after_s (config validation)
+                status_interval_s=3600,
+                **({"workers": workers} if workers > 1 else {}),
+            )
+            log_path = workdir / f"{name}.log"
+            log_path.unlink(missing_ok=True)
+            collectors.append(
+                Collector(label, CollectorProcess(config, log_path, source=source), db, port, workers)
+            )
 
         # generators first: building their report pools overlaps the collector's start-up seeding
-        refs = [DeviceRef.of(d) for d in devices]
-        workers = min(args.workers, count)
-        commands = [ctx.Queue() for _ in range(workers)]
+        owner = {d.sn: a for a in cloud.accounts for d in a.devices.values()}
+        refs = [
+            (DeviceRef.of(d), owner[d.sn].certificate_account, owner[d.sn].certificate_password)
+            for d in devices
+        ]
+        generators = min(args.generators, count)
+        commands = [ctx.Queue() for _ in range(generators)]
         results = ctx.Queue()
         samples = ctx.Queue()
-        account = cloud.account
         procs = [
             ctx.Process(
                 target=generator,
-                args=(
-                    i,
-                    refs[i::workers],
-                    account.certificate_account,
-                    account.certificate_password,
-                    broker.host,
-                    broker.port,
-                    commands[i],
-                    results,
-                    samples,
-                ),
+                args=(i, refs[i::generators], broker.host, broker.port, commands[i], results, samples),
                 daemon=True,
             )
-            for i in range(workers)
+            for i in range(generators)
         ]
         for proc in procs:
             proc.start()
         started = time.monotonic()
-        process.start()
+        for collector in collectors:
+            collector.process.start()
         rows: list[Row] = []
-        probe = LatencyProbe(influx, samples)
+        probe = LatencyProbe(influx, samples, [c.db for c in collectors])
         try:
-            wait_for(
-                lambda: any(
-                    e.get("event") == "mqtt.subscribed" and e.get("devices") == count
-                    for e in process.events()
-                ),
-                timeout=600,
-                what="the collector's start-up (seed + subscribe)",
-                interval=0.5,
-            )
-            wait_for(  # the start-up seed: one quota/all per device, on the collector's poll workers
-                lambda: cloud.cloud.counts["/iot-open/sign/device/quota/all"] >= count,
+            for collector in collectors:
+                wait_for(
+                    lambda c=collector: (
+                        (h := health(c.port))[1].get("devices") == count and h[1].get("mqtt_connected")
+                    ),
+                    timeout=600,
+                    what=f"the {collector.label or 'collector'}'s start-up (every device, MQTT connected)",
+                    interval=0.5,
+                )
+            wait_for(  # the start-up seed: one quota/all per device and collector
+                lambda: cloud.cloud.counts["/iot-open/sign/device/quota/all"] >= count * len(collectors),
                 timeout=900,
                 what="the start-up seed",
                 interval=0.5,
             )
             info["startup_s"] = time.monotonic() - started
-            info["after_start"] = process.sample()
-            for _ in range(workers):
+            info["after_start"] = collectors[0].process.sample()
+            for _ in range(generators):
                 kind, _index = results.get(timeout=600)
                 assert kind == "ready"
             time.sleep(2)  # let the seed's points be written
             probe.start()
-            published: dict[str, int] = {d.sn: 0 for d in devices}
             products = {d.sn: d.product_slug for d in devices}
             pids = {
-                "collector": [process.pid],
                 "mosquitto": [broker.pid or 0],
                 "influxd": [influx.influxd_pid or 0, influx.nginx_pid or 0],
                 "generators": [p.pid or 0 for p in procs],
                 "bench": [os.getpid()],
             }
             for rate in args.rates:
-                rows.append(
-                    run_phase(
-                        count,
-                        rate,
-                        args,
-                        process,
-                        influx,
-                        commands,
-                        results,
-                        probe,
-                        published,
-                        products,
-                        pids,
-                    )
+                phase = run_phase(
+                    count, rate, args, collectors, influx, commands, results, probe, products, pids
                 )
-                print_row(rows[-1], args.drain_limit, flush=True)
+                for row in phase:
+                    row.accounts = accounts
+                    print_row(row, args.drain_limit, flush=True)
+                if len(phase) == 2:
+                    print(f"        {ratio_line(phase[0], phase[1])}", flush=True)
+                rows += phase
                 time.sleep(2)
-            info["health"] = health(port)[1]
+            info["health"] = health(collectors[0].port)[1]
         finally:
             probe.stop()
             for q in commands:
@@ -384,8 +426,10 @@ def run_devices(count: int, args: argparse.Namespace, workdir: Path) -> tuple[li
             for q in [*commands, results, samples]:
                 q.close()
                 q.cancel_join_thread()
-            process.terminate(30) if process.running() else None
-        text = log_path.read_text(errors="replace")
+            for collector in collectors:
+                if collector.process.running():
+                    collector.process.terminate(30)
+        text = "".join(c.process.log.read_text(errors="replace") for c in collectors)
         info["tracebacks"] = text.count("Traceback")
         info["broker_drops"] = (
             broker.log_file.read_text(errors="replace").count("dropped") if broker.log_file.exists() else None
@@ -397,28 +441,30 @@ def run_phase(
     count: int,
     rate: float,
     args: argparse.Namespace,
-    process: CollectorProcess,
+    collectors: list[Collector],
     influx: InfluxServer,
     commands: list[Any],
     results: Any,
     probe: LatencyProbe,
-    published: dict[str, int],
     products: dict[str, str],
     pids: dict[str, list[int]],
-) -> Row:
-    before = process.sample()
-    assert before is not None, "the collector died"
-    meter = CpuMeter(pids)
+) -> list[Row]:
+    before = {c.label: c.process.sample() for c in collectors}
+    assert all(before.values()), "a collector died"
+    trees = {c.label or "collector": c.process.pids() for c in collectors}
+    meter = CpuMeter({**{name: tree for name, tree in trees.items()}, **pids})
     probe.reset()
-    workers = len(commands)
+    generators = len(commands)
     for q in commands:
-        q.put((rate / workers, args.seconds))
+        q.put((rate / generators, args.seconds))
     profiler = None
     if args.profile is not None:
         name = f"profile-{count}-{'max' if rate == 0 else int(rate)}"
-        profiler = start_profile(process.pid, args.profile / name, seconds=max(1.0, args.seconds - 2))
+        profiler = start_profile(
+            trees["collector"][-1], args.profile / name, seconds=max(1.0, args.seconds - 2)
+        )
     outcomes = []
-    for _ in range(workers):
+    for _ in range(generators):
         kind, _index, outcome = results.get(timeout=args.seconds + 120)
         assert kind == "done"
         outcomes.append(outcome)
@@ -427,54 +473,69 @@ def run_phase(
     fields = sum(o["fields"] for o in outcomes)
     first_ns = min(o["first_ns"] for o in outcomes)
     last_ns = max(o["last_ns"] for o in outcomes)
-    for o in outcomes:
-        for sn, n in o["published"].items():
-            published[sn] += n
-
     first_us, last_us = first_ns // 1000 - 1, max(o["last_us"] for o in outcomes)
 
-    def phase_counts() -> dict[str, MarkerCount]:
-        return marker_counts_between(influx, DB, set(products.values()), first_us, last_us)
+    def phase_counts(db: str) -> dict[str, MarkerCount]:
+        return marker_counts_between(influx, db, set(products.values()), first_us, last_us)
 
-    drain: float | None = None
-    try:
-        wait_for(
-            lambda: sum(c.distinct for c in phase_counts().values()) >= sent,
-            timeout=args.drain_wait,
-            what="every report in InfluxDB",
-            interval=0.1,
-        )
-        drain = time.time_ns() / 1e9 - last_ns / 1e9
-    except AssertionError:
-        pass
-    after = process.sample() or before
+    drains: dict[str, float | None] = {}
+    afters = {}
+    for collector in collectors:
+        try:
+            wait_for(
+                lambda c=collector: sum(x.distinct for x in phase_counts(c.db).values()) >= sent,
+                timeout=args.drain_wait,
+                what="every report in InfluxDB",
+                interval=0.1,
+            )
+            drains[collector.label] = time.time_ns() / 1e9 - last_ns / 1e9
+        except AssertionError:
+            drains[collector.label] = None
+        afters[collector.label] = collector.process.sample() or before[collector.label]
     latencies = probe.reset()
     if profiler is not None:
         profiler.wait(60)
-    # this phase's reports only (by their publish time): found once, found twice, missing
-    phase = phase_counts()
-    stored = sum(c.distinct for c in phase.values())
-    dup = sum(c.count - c.distinct for c in phase.values())
-    lost = sent - stored
+    rows = []
     seconds = (last_ns - first_ns) / 1e9
-    return Row(
-        devices=count,
-        target=rate,
-        published=sent,
-        seconds=seconds,
-        fields=fields,
-        lost=lost,
-        duplicates=dup,
-        drain_s=drain,
-        p50=latencies.at(0.5),
-        p95=latencies.at(0.95),
-        p99=latencies.at(0.99),
-        samples=len(latencies.values),
-        cpu_per_1k=(after.cpu_s - before.cpu_s) / max(sent - lost, 1) * 1000,
-        cpu_share=busy["collector"],
-        hwm_mb=after.hwm_kb / 1024,
-        rss_mb=after.rss_kb / 1024,
-        shares=busy,
+    for collector in collectors:
+        # this phase's reports only (by their publish time): found once, found twice, missing
+        phase = phase_counts(collector.db)
+        stored = sum(c.distinct for c in phase.values())
+        dup = sum(c.count - c.distinct for c in phase.values())
+        lost = sent - stored
+        start, after = before[collector.label], afters[collector.label]
+        assert start is not None and after is not None
+        latency = latencies[collector.db]
+        rows.append(
+            Row(
+                devices=count,
+                target=rate,
+                published=sent,
+                seconds=seconds,
+                fields=fields,
+                lost=lost,
+                duplicates=dup,
+                drain_s=drains[collector.label],
+                p50=latency.at(0.5),
+                p95=latency.at(0.95),
+                p99=latency.at(0.99),
+                samples=len(latency.values),
+                cpu_per_1k=(after.cpu_s - start.cpu_s) / max(sent - lost, 1) * 1000,
+                cpu_share=busy[collector.label or "collector"],
+                hwm_mb=after.hwm_kb / 1024,
+                rss_mb=after.rss_kb / 1024,
+                shares=busy,
+                label=collector.label,
+                workers=collector.workers,
+            )
+        )
+    return rows
+
+
+def ratio_line(row: Row, base: Row) -> str:
+    return (
+        f"side by side: CPU per report {row.cpu_per_1k:.3f} ms vs baseline {base.cpu_per_1k:.3f} ms = "
+        f"{row.cpu_per_1k / max(base.cpu_per_1k, 1e-9):.2f}x"
     )
 
 
@@ -495,8 +556,25 @@ def start_profile(pid: int, out: Path, seconds: float) -> subprocess.Popen[bytes
 
 HEADER = (
     f"{'devices':>7} {'target/s':>9} {'msgs/s':>8} {'fields/s':>9} {'lost':>5} {'dup':>4} {'drain s':>7} "
-    f"{'p50 s':>6} {'p95 s':>6} {'p99 s':>6} {'CPU s/1k':>8} {'CPU %':>6} {'peak RSS MB':>11}  sustained"
+    f"{'p50 s':>6} {'p95 s':>6} {'p99 s':>6} {'CPU ms/rep':>10} {'CPU %':>6} {'peak RSS MB':>11}  sustained"
 )
+
+# The floors (issue "Fleets"): 2 cores, broker and InfluxDB on the same machine
+FLOOR_RATE = 5000.0  # reports/s sustained with zero loss, workers = 2, N = 1,000 over 4 accounts
+FLOOR_P99_S = 2.0  # p99 publish-to-queryable at 2,500 reports/s, N = 10,000
+
+
+def floor_note(row: Row, drain_limit: float) -> str:
+    """Whether the row is one of the floors' cases, and whether it meets it."""
+    if row.label:
+        return ""
+    if row.devices == 1000 and row.accounts == 4 and row.workers == 2 and row.target >= FLOOR_RATE:
+        met = row.sustained(drain_limit) and row.rate >= FLOOR_RATE * 0.99
+        return f"floor >= {FLOOR_RATE:,.0f}/s sustained, zero loss: {'MET' if met else 'NOT MET'}"
+    if row.devices == 10_000 and row.target == 2500:
+        met = row.lost == 0 and row.p99 is not None and row.p99 < FLOOR_P99_S
+        return f"floor p99 < {FLOOR_P99_S:g} s at 2,500/s: {'MET' if met else 'NOT MET'}"
+    return ""
 
 
 def fmt(value: float | None, spec: str = ".2f") -> str:
@@ -505,11 +583,16 @@ def fmt(value: float | None, spec: str = ".2f") -> str:
 
 def print_row(row: Row, drain_limit: float, flush: bool = False, cores: bool = True) -> None:
     target = "max" if row.target == 0 else f"{row.target:,.0f}"
+    extra = [
+        f"workers={row.workers}" if row.workers > 1 else "",
+        f"accounts={row.accounts}" if row.accounts > 1 else "",
+    ]
+    extra += [row.label, floor_note(row, drain_limit)]
     print(
         f"{row.devices:>7,} {target:>9} {row.rate:>8,.0f} {row.fields / row.seconds:>9,.0f} {row.lost:>5} "
         f"{row.duplicates:>4} {fmt(row.drain_s):>7} {fmt(row.p50):>6} {fmt(row.p95):>6} {fmt(row.p99):>6} "
-        f"{row.cpu_per_1k:>8.3f} {row.cpu_share * 100:>6.0f} {row.hwm_mb:>11.0f}  "
-        f"{'yes' if row.sustained(drain_limit) else 'no'}",
+        f"{row.cpu_per_1k:>10.3f} {row.cpu_share * 100:>6.0f} {row.hwm_mb:>11.0f}  "
+        f"{'yes' if row.sustained(drain_limit) else 'no':<3}  " + "  ".join(e for e in extra if e),
         flush=flush,
     )
     if cores:
@@ -527,7 +610,14 @@ def main() -> None:
         "--rates", default="5000,10000,0", help="messages/s per phase (0 = as fast as possible)"
     )
     parser.add_argument("--seconds", type=float, default=20.0, help="publishing time per phase")
-    parser.add_argument("--workers", type=int, default=3, help="load-generator processes")
+    parser.add_argument("--generators", type=int, default=3, help="load-generator processes")
+    parser.add_argument("--workers", type=int, default=1, help="the collector's [collector] workers")
+    parser.add_argument(
+        "--accounts", type=int, default=1, help="EcoFlow accounts the devices are spread over"
+    )
+    parser.add_argument(
+        "--baseline", type=Path, default=None, help="also run the collector of this source tree, side by side"
+    )
     parser.add_argument("--drain-limit", type=float, default=3.0, help="max drain s for 'sustained'")
     parser.add_argument("--drain-wait", type=float, default=60.0, help="how long to wait for stragglers")
     parser.add_argument(
@@ -558,6 +648,10 @@ def main() -> None:
     print(HEADER)
     for row in all_rows:
         print_row(row, args.drain_limit, cores=False)
+    pairs = [(a, b) for a, b in itertools.pairwise(all_rows) if not a.label and b.label]
+    for row, base in pairs:
+        target = "max" if row.target == 0 else f"{row.target:,.0f}/s"
+        print(f"N={row.devices:,} {target}: {ratio_line(row, base)}")
     print("cores used during each phase (2 = the whole machine; 'other' = processes not of this benchmark):")
     for row in all_rows:
         print(

@@ -190,7 +190,7 @@ class AccountSources:
     def on_message(self, sn: str, kind: TopicKind, payload: bytes) -> None:
         """paho's thread, every message of this account's session; never raises."""
         if self.ingest.mqtt_message(sn, kind, payload):
-            self.last_mqtt_delivery_ms = self.clock_ms()
+            self.last_mqtt_delivery_ms = self.ingest.last_delivery_ms  # set by the ingest just now
 
     def _after_connect(self) -> None:
         # every reconnect: seed the account's devices over HTTP, so what MQTT missed meanwhile is

@@ -54,6 +54,7 @@ _FILE_VERSION: Final = 1
 
 Powers = tuple[float | None, float | None, float | None, float | None, float | None]
 _UNKNOWN: Final[Powers] = (None, None, None, None, None)
+_NO_POWERS: Final = (None, None, None, None)  # a summary with none of POWER_FIELDS
 
 
 def flow_powers(summary: Mapping[str, float]) -> Powers:
@@ -104,6 +105,9 @@ class DeviceEnergy:
     dirty: bool = False  # accounted time moved since the last write
     started_ms: int | None = None  # first seen in this run with no counters before: write a zero point
     run_since_ms: int | None = None  # the first data of this run (not persisted)
+    # the last summary powers as reported and what they were found to be (not persisted): a
+    # report that leaves them as they were (most do) skips the range checks
+    checked: tuple[tuple[float | None, ...], Powers] | None = None
 
     def advance(self, now_ms: int, max_gap_ms: int) -> str | None:
         """Account for [last_ms, now_ms]; returns what happened when it was not integrated."""
@@ -205,7 +209,9 @@ class EnergyCounters:
     def observe(self, device: Device, summary: Mapping[str, float], now_ms: int, live: bool) -> None:
         """A piece of data from `device` arrived at `now_ms`, its summary (from the device's merged
         state) is `summary`; `live`: the device is known to be online (else nothing starts)."""
-        if not any(name in summary for name in POWER_FIELDS):
+        get = summary.get
+        raw = (get("pv_input_w"), get("input_w"), get("output_w"), get("battery_w"))
+        if raw == _NO_POWERS:
             return
         with self._lock:
             energy = self._devices.get(device.sn)
@@ -218,7 +224,15 @@ class EnergyCounters:
             if energy.run_since_ms is None:
                 energy.run_since_ms = now_ms
             self._account(energy, now_ms)
-            energy.powers = self._valid_powers(device, summary) if live else _UNKNOWN
+            if not live:
+                energy.powers = _UNKNOWN
+            elif energy.checked is not None and energy.checked[0] == raw:
+                energy.powers = energy.checked[1]
+            else:
+                rejected = sum(self.rejected.values())
+                energy.powers = self._valid_powers(device, summary)
+                # only a clean result is remembered: a rejected value is counted every time it comes
+                energy.checked = (raw, energy.powers) if sum(self.rejected.values()) == rejected else None
             energy.dirty = True
 
     def offline(self, sn: str, now_ms: int) -> None:
