@@ -617,7 +617,12 @@ _IDLE_FRAMES = (
     "_wait_for_tstate",
     "accept (socket",
     "QuotaPoller._work (",
-    "_pause (mqtt.py",  # the MQTT source's read coalescing: a sleep
+    "_pause (",  # the MQTT source's read coalescing: a sleep
+    # on this VM py-spy counts a thread blocked in select()/recv() as running: paho's loop waiting
+    # for the broker (the self time of Client._loop is its select), the writer waiting for InfluxDB
+    "Client._loop (",
+    "SocketIO.readinto (",
+    "concurrent/futures/thread.py",  # an idle thread pool worker, blocked on its queue
 )
 
 

@@ -55,6 +55,7 @@ _FILE_VERSION: Final = 1
 Powers = tuple[float | None, float | None, float | None, float | None, float | None]
 _UNKNOWN: Final[Powers] = (None, None, None, None, None)
 _NO_POWERS: Final = (None, None, None, None)  # a summary with none of POWER_FIELDS
+_POWER_ITEMS: Final = tuple(POWER_FIELDS.items())  # pv_input_w, input_w, output_w, battery_w
 
 
 def flow_powers(summary: Mapping[str, float]) -> Powers:
@@ -229,10 +230,9 @@ class EnergyCounters:
             elif energy.checked is not None and energy.checked[0] == raw:
                 energy.powers = energy.checked[1]
             else:
-                rejected = sum(self.rejected.values())
-                energy.powers = self._valid_powers(device, summary)
+                energy.powers, clean = self._valid_powers(device, raw)
                 # only a clean result is remembered: a rejected value is counted every time it comes
-                energy.checked = (raw, energy.powers) if sum(self.rejected.values()) == rejected else None
+                energy.checked = (raw, energy.powers) if clean else None
             energy.dirty = True
 
     def offline(self, sn: str, now_ms: int) -> None:
@@ -249,13 +249,17 @@ class EnergyCounters:
             self.clock_jumps += 1
             log.warning("energy.clock_backwards", sn=energy.sn, now_ms=now_ms)
 
-    def _valid_powers(self, device: Device, summary: Mapping[str, float]) -> Powers:
+    def _valid_powers(self, device: Device, raw: tuple[float | None, ...]) -> tuple[Powers, bool]:
+        """The flows' powers from the summary's POWER_FIELDS values (in that order), each checked
+        (finite, sign, the product's range); a value that fails is counted, logged and not used.
+        The second value: whether every value passed."""
         limits = self._limits.get(device.slug)
         if limits is None:
             limits = self._limits[device.slug] = summary_limits(device.product)
-        checked: dict[str, float] = {}
-        for name, signed in POWER_FIELDS.items():
-            value = summary.get(name)
+        values = list(raw)
+        clean = True
+        for index, (name, signed) in enumerate(_POWER_ITEMS):
+            value = values[index]
             if value is None:
                 continue
             reason = None
@@ -265,11 +269,14 @@ class EnergyCounters:
                 reason = "negative"
             elif name in limits and not limits[name][0] <= value <= limits[name][1]:
                 reason = "out_of_range"
-            if reason is None:
-                checked[name] = value
-            else:
+            if reason is not None:
+                values[index] = None
+                clean = False
                 self._reject(device.sn, name, reason, value, limits.get(name))
-        return flow_powers(checked)
+        pv, grid, out, battery = values
+        if battery is None:
+            return (pv, grid, out, None, None), clean
+        return (pv, grid, out, max(battery, 0.0), max(-battery, 0.0)), clean
 
     def _reject(
         self, sn: str, name: str, reason: str, value: float, limit: tuple[float, float] | None
