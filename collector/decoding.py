@@ -94,6 +94,11 @@ def _number(text: str) -> int | float | str:
 
 
 def _parse_number(text: str) -> int | float | str:
+    head = text[:1]
+    if head.isalpha() and head not in "iInN":
+        # int() and float() take nothing that starts with a letter but inf, infinity and nan:
+        # serials, versions, class names stay text without two failed parses
+        return text
     try:
         integer = int(text)
     except ValueError:
@@ -288,6 +293,8 @@ class LazyValues(Mapping[str, Scalar]):
         return repr(dict(self._flat()))
 
 
+_cmd_prefixes: dict[tuple[int, int], str] = {}  # (cmdFunc, cmdId) -> its valid `{cmdFunc}_{cmdId}.`
+
 # how the keys of a report's body map into the quota/all key space (see quota_body)
 KEYS_AS_THEY_ARE, CMD_PREFIXED, TYPE_CODE_PREFIXED = 0, 1, 2
 
@@ -310,10 +317,19 @@ def quota_body(
             body = obj.get("param", body)
         if body.__class__ is not dict:
             return None
-        prefix = f"{obj['cmdFunc']}_{obj['cmdId']}."
+        if not cmd_prefix:
+            return body, KEYS_AS_THEY_ARE, "", 1
+        func, cmd = obj["cmdFunc"], obj["cmdId"]
+        if func.__class__ is int and cmd.__class__ is int:  # ints only: 1 == 1.0 == True as keys
+            prefix = _cmd_prefixes.get((func, cmd))
+            if prefix is not None:
+                return body, CMD_PREFIXED, prefix, 1
+        prefix = f"{func}_{cmd}."
         if not _CMD_PREFIX.match(prefix):
             return None
-        return (body, CMD_PREFIXED, prefix, 1) if cmd_prefix else (body, KEYS_AS_THEY_ARE, "", 1)
+        if func.__class__ is int and cmd.__class__ is int and len(_cmd_prefixes) < 1024:
+            _cmd_prefixes[func, cmd] = prefix
+        return body, CMD_PREFIXED, prefix, 1
     if "code" in obj and ("message" in obj or "data" in obj):
         data = obj.get("data")
         if data.__class__ is not dict or str(obj["code"]) != "0":

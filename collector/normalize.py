@@ -9,13 +9,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from operator import itemgetter, mul, truediv
+from operator import itemgetter, truediv
 from typing import Any, Protocol
 
 import structlog
 
 from collector.catalog import Product
-from collector.catalog.model import FieldSpec
 from collector.decoding import (
     _CMD_PREFIX,
     _DIGITS,
@@ -118,41 +117,39 @@ def _normalize_into(
 # --- the fast path: flatten and normalize in one pass, per key set ------------------------------
 
 
-_ARRAY, _UNKNOWN, _NESTED = 0, 1, 2  # what a slow position of a plan holds
+_UNKNOWN, _NESTED = 1, 2  # what a slow position of a plan holds
 
 
 @dataclass(slots=True)
 class _Slow:
-    """A position of a plan that the one C pass leaves out: an array of numbers (its elements' keys
-    and divisors), a key the catalog does not know (reported), or a nested value (flattened and
-    normalized by the generic code)."""
+    """A position of a plan that the one C pass leaves out: a key the catalog does not know
+    (reported), or a nested value (flattened and normalized by the generic code)."""
 
-    index: int
+    index: int  # in the values with the arrays spliced in
     key: str
     what: int
-    names: tuple[str, ...] = ()  # _ARRAY: `key[i]`
-    divisors: tuple[float, ...] = ()
-    texts: bool = False  # _ARRAY: the last report sent its numbers as text
 
 
 _Get = Callable[[Sequence[Any]], Sequence[Any]]
+_in_set = frozenset.__contains__
 
 
 @dataclass(slots=True)
 class _Plan:
     """How one key set of one body shape becomes fields: each position's quota/all key, in
-    decode_object's order, its scale, and the positions that need more than the one C pass."""
+    decode_object's order, its scale, and the positions that need more than the one C pass.
+    Arrays of numbers are spliced into the values (`splice`): their elements are positions of the
+    one C pass like any other value."""
 
     order: _Get | None  # decode_object's order of the body's values (CMD_PREFIXED with own prefixes)
+    splice: tuple[tuple[int, int], ...]  # (position, length) of the arrays spliced in, last first
     fast: _Get | None  # the values of the fast positions (None: every position is one)
     keys: tuple[str, ...]  # of the fast positions
-    divisors: tuple[float, ...]  # of the fast positions: stored = sent * mul / div
-    muls: tuple[float, ...] | None  # None: all 1 (x * 1.0 / d is x / d, exactly)
-    sentinel_values: _Get | None  # the scaled values of the fast positions with sentinels
+    divisors: tuple[float, ...]  # of the fast positions: stored = sent / div where mul is 1
+    scale_ups: tuple[tuple[int, float, float], ...]  # (fast position, mul, div) where mul != 1
+    sentinel_values: _Get | None  # the sent values of the fast positions with sentinels
     sentinel_positions: tuple[int, ...]
-    sentinel_pairs: frozenset[tuple[int, float]]  # (fast position, one of its sentinels scaled)
-    sentinels: dict[int, frozenset[float]]  # fast position -> its sentinels
-    scaled_up: _Get | None  # the scaled values of the fast positions with mul != 1 (may overflow)
+    sentinel_sets: tuple[frozenset[float], ...]  # the sentinels of each of those positions
     slow: tuple[_Slow, ...]
     runs: tuple[tuple[int, int, tuple[str, ...]], ...]  # fast positions before each slow one, and after
     names: frozenset[str]  # every key the plan makes
@@ -166,35 +163,37 @@ _PENDING_LIMIT = 4096  # key sets seen once, remembered to build a plan when the
 _NAMES_LIMIT = 100_000
 
 
-def _divide(
-    values: Sequence[Any], divisors: tuple[float, ...], muls: tuple[float, ...] | None, texts: bool
-) -> tuple[list[float], bool] | None:
-    """(values * muls / divisors, whether numbers came as text) in one C pass; None: not all
-    numbers. `texts`: convert text first (the last report of the shape needed it)."""
-    if not texts:
-        try:
-            if muls is None:
-                return list(map(truediv, values, divisors)), False
-            return list(map(truediv, map(mul, values, muls), divisors)), False
-        except TypeError:
-            pass
+def _divide_texts(
+    values: Sequence[Any], divisors: tuple[float, ...]
+) -> tuple[list[float], Sequence[Any]] | None:
+    """(values / divisors, the values as numbers) for values with numbers as text, in C passes;
+    None: not all numbers."""
     try:
         numbers = list(map(_numbers.get, values, values))  # the memo's hits; other texts stay text
     except TypeError:  # an object or array is not a key of the memo
         numbers = list(values)
     try:
-        if muls is None:
-            return list(map(truediv, numbers, divisors)), True
-        return list(map(truediv, map(mul, numbers, muls), divisors)), True
+        return list(map(truediv, numbers, divisors)), numbers
     except TypeError:
         pass
     numbers = [_number(v) if v.__class__ is str else v for v in numbers]  # past the memo's bound
     try:
-        if muls is None:
-            return list(map(truediv, numbers, divisors)), True
-        return list(map(truediv, map(mul, numbers, muls), divisors)), True
+        return list(map(truediv, numbers, divisors)), numbers
     except TypeError:
         return None
+
+
+def _spliced(plan: _Plan, values: list[Any]) -> list[Any] | None:
+    """The body's values in decode_object's order, arrays replaced by their elements; None: an
+    array is not there, or not as long as the plan's."""
+    if plan.order is not None:
+        values = list(plan.order(values))
+    for index, length in plan.splice:
+        array = values[index]
+        if array.__class__ is not list or len(array) != length:
+            return None
+        values[index : index + 1] = array
+    return values
 
 
 class FastNormalizer:
@@ -202,12 +201,15 @@ class FastNormalizer:
 
     A key set (a body's keys, in order, with the shape's prefix) seen twice gets a _Plan: the quota/all
     key of each position and its scale, resolved once. A report of that key set is then normalized
-    by one C pass over its numbers (`map(truediv, values, divisors)` into `dict(zip(keys, ...))`),
-    sentinels and overflows found by one set operation and removed; the other positions (unknown
-    keys, arrays, nested objects) get exactly what normalize_values does to them, in order. Whatever
-    the plan cannot do as decode_object + normalize_values would (a value of another type where a
-    number was, text that is no number, a key that would occur twice, a nested value past the
-    limits) makes `normalize` return None before any side effect: the caller takes the generic path.
+    by one C pass over its numbers (`map(truediv, values, divisors)` into `dict(zip(keys, ...))`;
+    arrays of numbers spliced into the values first), the few values that are multiplied (x60,
+    x1000) computed again as the generic path does, sentinels found by one C pass over the sent
+    values of the positions that have any; the other positions (unknown keys, nested objects, arrays
+    beside them) get exactly what normalize_values does to them, in order. Whatever the plan cannot
+    do as decode_object + normalize_values would (a value of another type where a number was, text
+    that is no number, an array of another length, a key that would occur twice, a nested value
+    past the limits) makes `normalize` return None before any side effect: the caller takes the
+    generic path.
     """
 
     def __init__(self, product: Product) -> None:
@@ -217,68 +219,74 @@ class FastNormalizer:
         self._names: dict[str, str] = {}  # one string per quota/all key, shared by every plan
 
     def normalize(
-        self,
-        body: dict[str, Any],
-        mode: int,
-        prefix: str,
-        depth: int,
-        reporter: KeyReporter,
-        slug: str,
+        self, located: tuple[dict[str, Any], int, str, int], reporter: KeyReporter, slug: str
     ) -> tuple[dict[str, float], bool] | None:
-        """(fields, whether every key is plain) of a body, or None: take the generic path."""
-        shape = (mode, prefix, tuple(body))
-        plan = self._plans.get(shape)
+        """(fields, whether every key is plain) of a body where `quota_body` located it (body, how
+        its keys map, prefix, depth), or None: take the generic path."""
+        body, mode, prefix, _ = located
+        plan = self._plans.get((mode, prefix, tuple(body)))
         if plan is None:
-            plan = self._plan(shape, body, depth)
+            plan = self._plan(located)
             if plan is None:
                 return None
-        values: Sequence[Any] = list(body.values())
-        if plan.order is not None:
-            values = plan.order(values)
+        values: list[Any] = list(body.values())
+        if plan.order is not None or plan.splice:
+            spliced = _spliced(plan, values)
+            if spliced is None:
+                return None
+            values = spliced
         fast = values if plan.fast is None else plan.fast(values)
-        divided = _divide(fast, plan.divisors, plan.muls, plan.texts)
-        if divided is None:
-            return None
-        scaled, plan.texts = divided
+        numbers: Sequence[Any] = fast
+        scaled: list[float] | None
+        if plan.texts:  # the last report of this shape sent numbers as text
+            scaled = None
+        else:
+            try:
+                scaled = list(map(truediv, fast, plan.divisors))
+            except TypeError:
+                scaled = None
+        if scaled is None:
+            divided = _divide_texts(fast, plan.divisors)
+            if divided is None:
+                return None
+            scaled, numbers = divided
+        plan.texts = numbers is not fast
+        overflows: list[int] | None = None
+        for index, times, divisor in plan.scale_ups:  # x60, x1000: as normalize_values computes them
+            value = numbers[index] * times / divisor
+            scaled[index] = value
+            if not math.isfinite(value):
+                overflows = [index] if overflows is None else [*overflows, index]
         out: dict[str, float]
+        plain = plan.plain
         if not plan.slow:
-            out = dict(zip(plan.keys, scaled, strict=True))
+            out = dict(zip(plan.keys, scaled, strict=False))  # as long as each other (one key set)
         else:
             made = self._with_slow(plan, values, scaled, reporter, slug)
             if made is None:
                 return None
             out, nested = made
             if nested:
-                return self._refuse(plan, fast, scaled, out, reporter), False
-        return self._refuse(plan, fast, scaled, out, reporter), plan.plain
-
-    @staticmethod
-    def _refuse(
-        plan: _Plan, fast: Sequence[Any], scaled: list[float], out: dict[str, float], reporter: KeyReporter
-    ) -> dict[str, float]:
-        """Remove what normalize_values would not have written: sentinels (counted) and values
-        scaled past the float range. The common case, none, costs one set operation."""
-        if plan.sentinel_values is not None:  # a sentinel scales to its scaled self ...
-            scaled_values = zip(plan.sentinel_positions, plan.sentinel_values(scaled), strict=True)
-            for index, _ in plan.sentinel_pairs.intersection(scaled_values):
-                raw = fast[index]  # ... but only the sent value says whether it is one
-                if raw.__class__ is str:
-                    raw = _number(raw)
-                if raw in plan.sentinels[index]:
-                    del out[plan.keys[index]]
+                plain = False
+        if plan.sentinel_values is not None and any(
+            map(_in_set, plan.sentinel_sets, plan.sentinel_values(numbers))
+        ):
+            keys = plan.keys
+            for index, sentinels in zip(plan.sentinel_positions, plan.sentinel_sets, strict=True):
+                if numbers[index] in sentinels:
+                    del out[keys[index]]
                     reporter.sentinels_skipped += 1
-        if plan.scaled_up is not None and not math.isfinite(sum(plan.scaled_up(scaled))):
-            for index, value in enumerate(scaled):
-                if not math.isfinite(value):
-                    out.pop(plan.keys[index], None)
-        return out
+        if overflows is not None:
+            for index in overflows:
+                out.pop(plan.keys[index], None)
+        return out, plain
 
     def _with_slow(
         self, plan: _Plan, values: Sequence[Any], scaled: list[float], reporter: KeyReporter, slug: str
     ) -> tuple[dict[str, float], bool] | None:
         """The fields of a plan with slow positions, in order, and whether a nested value was
         flattened; None when one cannot be made exactly as the generic path would."""
-        made: dict[int, list[float] | dict[str, Scalar]] = {}
+        made: dict[int, dict[str, Scalar]] = {}
         nested = 0
         for slow in plan.slow:  # first what may refuse the report (no side effect yet)
             value = values[slow.index]
@@ -287,11 +295,6 @@ class FastNormalizer:
                 if slow.what != _UNKNOWN:  # an array or object became a scalar
                     return None
                 continue
-            if slow.what == _ARRAY and len(value) == len(slow.names):
-                elements = _divide(value, slow.divisors, None, slow.texts)
-                if elements is not None:
-                    made[slow.index], slow.texts = elements
-                    continue
             flat: dict[str, Scalar] = {}
             try:
                 if cls is dict:
@@ -304,10 +307,8 @@ class FastNormalizer:
                 return None
             made[slow.index] = flat
             nested += len(flat)
-        if nested:
-            flats = [m for m in made.values() if m.__class__ is dict]
-            if nested + len(plan.names) > MAX_FIELDS or len(set().union(*flats)) != nested:
-                return None
+        if nested and (nested + len(plan.names) > MAX_FIELDS or len(set().union(*made.values())) != nested):
+            return None
         out: dict[str, float] = {}
         product = self.product
         name = slug or product.slug
@@ -331,20 +332,18 @@ class FastNormalizer:
                 reporter.unknown(name, slow.key, raw)
                 if slow.key != "time":  # InfluxDB refuses a field named `time`
                     out[slow.key] = float(raw)
-            elif done.__class__ is list:
-                out.update(zip(slow.names, done, strict=True))
             else:
-                _normalize_into(product, done.items(), out, reporter, name)  # type: ignore[union-attr]
+                _normalize_into(product, done.items(), out, reporter, name)
         start, stop, keys = runs[-1]
         if stop > start:
             out.update(zip(keys, scaled[start:stop], strict=True))
         return out, nested > 0
 
-    def _plan(
-        self, shape: tuple[int, str, tuple[str, ...]], body: dict[str, Any], depth: int
-    ) -> _Plan | None:
+    def _plan(self, located: tuple[dict[str, Any], int, str, int]) -> _Plan | None:
         """A plan for a key set seen before; None (the generic path) the first time, or when the
         key set cannot have one."""
+        body, mode, prefix, depth = located
+        shape = (mode, prefix, tuple(body))
         if shape in self._plans:  # refused before
             return None
         if shape not in self._pending:
@@ -382,48 +381,51 @@ class FastNormalizer:
         body_values = list(body.values())
         values = [body_values[i] for i in positions]
         product = self.product
-        fast: list[int] = []
-        specs: list[FieldSpec] = []
-        slow: list[_Slow] = []
-        runs: list[tuple[int, int, tuple[str, ...]]] = []
         made = set(keys)
-        run_start = 0
+        # per position of the values with the arrays spliced in: (key, div, mul, sentinels), or
+        # None for a slow one
+        scales: list[tuple[str, float, float, frozenset[float]] | None] = []
+        splice: list[tuple[int, int]] = []
+        slow: list[_Slow] = []
         for index, (key, value) in enumerate(zip(keys, values, strict=True)):
             cls = value.__class__
-            if cls is dict or cls is list:
-                entry = (self._array(index, key, value, made) if cls is list else None) or _Slow(
-                    index, key, _NESTED
-                )
-            else:
-                spec = product.lookup(key)
-                if spec is not None:
-                    fast.append(index)
-                    specs.append(spec)
+            if cls is list:
+                array = self._array(key, value, made)
+                if array is not None:
+                    splice.append((index, len(array)))
+                    scales += array
                     continue
-                entry = _Slow(index, key, _UNKNOWN)
-            runs.append((run_start, len(fast), tuple(keys[i] for i in fast[run_start:])))
-            run_start = len(fast)
-            slow.append(entry)
-        runs.append((run_start, len(fast), tuple(keys[i] for i in fast[run_start:])))
-        if not fast:
-            return None  # nothing to gain
-        guarded = [i for i, spec in enumerate(specs) if spec.sentinels]
-        scaled_up = [i for i, spec in enumerate(specs) if spec.mul != 1.0]
+            if cls is dict or cls is list:
+                slow.append(_Slow(len(scales), key, _NESTED))
+                scales.append(None)
+                continue
+            spec = product.lookup(key)
+            if spec is None:
+                slow.append(_Slow(len(scales), key, _UNKNOWN))
+                scales.append(None)
+                continue
+            scales.append((key, spec.div, spec.mul, spec.sentinels))
+        fast = [i for i, scale in enumerate(scales) if scale is not None]
+        if not fast or len(made) > MAX_FIELDS:
+            return None  # nothing to gain, or decode_object refuses the report
+        known = [scale for scale in scales if scale is not None]
+        runs: list[tuple[int, int, tuple[str, ...]]] = []
+        run_start = 0
+        for entry in [*slow, None]:  # the fast positions before each slow one, and after the last
+            stop = len(fast) if entry is None else sum(1 for i in fast if i < entry.index)
+            runs.append((run_start, stop, tuple(scale[0] for scale in known[run_start:stop])))
+            run_start = stop
+        guarded = [i for i, scale in enumerate(known) if scale[3]]
         return _Plan(
             order=None if positions == list(range(len(names))) else itemgetter(*positions),
-            fast=None if len(fast) == len(keys) else _getter(fast),
-            keys=tuple(keys[i] for i in fast),
-            divisors=tuple(spec.div for spec in specs),
-            muls=tuple(spec.mul for spec in specs) if scaled_up else None,
+            splice=tuple(reversed(splice)),
+            fast=None if not slow else _getter(fast),
+            keys=tuple(scale[0] for scale in known),
+            divisors=tuple(scale[1] for scale in known),
+            scale_ups=tuple((i, scale[2], scale[1]) for i, scale in enumerate(known) if scale[2] != 1.0),
             sentinel_values=_getter(guarded) if guarded else None,
             sentinel_positions=tuple(guarded),
-            sentinel_pairs=frozenset(
-                (i, sentinel * specs[i].mul / specs[i].div)
-                for i in guarded
-                for sentinel in specs[i].sentinels
-            ),
-            sentinels={i: specs[i].sentinels for i in guarded},
-            scaled_up=_getter(scaled_up) if scaled_up else None,
+            sentinel_sets=tuple(known[i][3] for i in guarded),
             slow=tuple(slow),
             runs=tuple(runs),
             names=frozenset(made),
@@ -431,19 +433,22 @@ class FastNormalizer:
             depth=depth,
         )
 
-    def _array(self, index: int, key: str, value: list[Any], made: set[str]) -> _Slow | None:
-        """An array of numbers whose elements all divide: its element keys and divisors."""
+    def _array(
+        self, key: str, value: list[Any], made: set[str]
+    ) -> list[tuple[str, float, float, frozenset[float]]] | None:
+        """The scales of the elements of an array of numbers that all only divide; None: the
+        array goes through the generic code."""
         names = [self._intern(f"{key}[{i}]") for i in range(len(value))]
         if not names or made.intersection(names) or len(max(names, key=len)) > MAX_KEY_LENGTH:
             return None
-        divisors = []
+        scales = []
         for element, item in zip(names, value, strict=True):
             spec = self.product.lookup(element)
             if item.__class__ in (dict, list) or spec is None or spec.sentinels or spec.mul != 1.0:
                 return None
-            divisors.append(spec.div)
+            scales.append((element, spec.div, 1.0, spec.sentinels))
         made.update(names)
-        return _Slow(index, key, _ARRAY, tuple(names), tuple(divisors))
+        return scales
 
 
 def _getter(indices: list[int]) -> _Get:

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import orjson
+
 from collector.decoding import Decoded, LazyValues, TopicKind, decode_object, parse_json, quota_body
 from collector.normalize import KeyReporter, Lookup, fast_normalizer, normalize_values, summarize
-from collector.points import OFFLINE, ONLINE, Device, Point, device_point, status_point, summary_point
+from collector.points import OFFLINE, ONLINE, Device, Point, status_point, summary_point
 
 
 class FieldMemory(Protocol):
@@ -45,9 +47,7 @@ class Pipeline:
     ) -> list[Point]:
         if not fields:
             return []
-        point = device_point(device, fields, time_ms)
-        point.plain = plain
-        points = [point]
+        points = [Point(device.slug, device.tags(), fields, time_ms, device.series, plain)]
         known: Lookup = memory.merge(fields, time_ms) if memory is not None else fields
         summary = summarize(device.product, known)
         if summary:
@@ -64,17 +64,19 @@ class Pipeline:
     ) -> tuple[Decoded, list[Point]]:
         """Decode a raw payload and build its points; PayloadError on bad input."""
         product = device.product
-        cmd_prefix = product.cmd_prefix if product is not None else True
         if topic_kind is not None and topic_kind.__class__ is not TopicKind:
             topic_kind = TopicKind(topic_kind)
-        obj = parse_json(payload)
-        if product is not None:
+        try:
+            obj = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            obj = parse_json(payload)  # raises PayloadError, as the generic path does
+        if product is None:
+            cmd_prefix = True
+        else:
+            cmd_prefix = product.cmd_prefix
             located = quota_body(obj, topic_kind, cmd_prefix)
             if located is not None:
-                body, mode, prefix, depth = located
-                made = fast_normalizer(product).normalize(
-                    body, mode, prefix, depth, self.reporter, device.slug
-                )
+                made = fast_normalizer(product).normalize(located, self.reporter, device.slug)
                 if made is not None:
                     decoded = Decoded(TopicKind.QUOTA, LazyValues(obj, topic_kind, cmd_prefix))
                     return decoded, self._quota_points(device, made[0], time_ms, memory, made[1])

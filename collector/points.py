@@ -46,7 +46,8 @@ def escape_key(text: str) -> str:
 # set is serialised by orjson (C) and turned into line protocol by one translate (see Point.to_line).
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_.\[\]@#+-]+")
 _plain_keys: set[str] = set()
-_JSON_TO_LINE = bytes.maketrans(b":", b"=")
+# `{"a":1.0,"b":2.5}` -> ` a=1.0,b=2.5 `: the braces become the spaces around the field set
+_JSON_TO_LINE = bytes.maketrans(b":{}", b"=  ")
 
 
 def plain_key(key: str) -> bool:
@@ -83,11 +84,11 @@ class Point:
         """One line of line protocol (decoding admits only finite numbers, so every value is)."""
         fields = self.fields
         if self.plain or _plain_keys.issuperset(fields) or _all_plain(fields):
-            # {"a":1.0,"b":2.5} -> a=1.0,b=2.5: plain keys hold no `"` or `:`, nor do the numbers,
-            # which orjson writes in a form line protocol reads
-            body = orjson.dumps(fields).translate(_JSON_TO_LINE, b'"')[1:-1].decode()
-        else:
-            body = ",".join([f"{escape_key(k)}={v!r}" for k, v in fields.items()])
+            # {"a":1.0,"b":2.5} -> ` a=1.0,b=2.5 `: plain keys hold no `"`, `:` or braces, nor do
+            # the numbers, which orjson writes in a form line protocol reads
+            body = orjson.dumps(fields).translate(_JSON_TO_LINE, b'"').decode()
+            return f"{series or self.series_text or self.series()}{body}{self.time_ms}"
+        body = ",".join([f"{escape_key(k)}={v!r}" for k, v in fields.items()])
         return f"{series or self.series_text or self.series()} {body} {self.time_ms}"
 
 
@@ -121,14 +122,15 @@ class Device:
         slug, known = catalog.identify(product, sn)
         return cls(sn=sn, name=name or sn, slug=slug, product=known, account=account)
 
-    def _account_tag(self) -> tuple[tuple[str, str], ...]:
-        return (("account", self.account),) if self.account else ()
-
     def tags(self) -> tuple[tuple[str, str], ...]:
-        return (*self._account_tag(), ("name", self.name), ("sn", self.sn))
+        if self.account:  # built per point: one call, not two
+            return (("account", self.account), ("name", self.name), ("sn", self.sn))
+        return (("name", self.name), ("sn", self.sn))
 
     def summary_tags(self) -> tuple[tuple[str, str], ...]:
-        return (*self._account_tag(), ("name", self.name), ("product", self.slug), ("sn", self.sn))
+        if self.account:
+            return (("account", self.account), ("name", self.name), ("product", self.slug), ("sn", self.sn))
+        return (("name", self.name), ("product", self.slug), ("sn", self.sn))
 
 
 def device_point(device: Device, fields: dict[str, float], time_ms: int) -> Point:

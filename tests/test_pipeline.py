@@ -412,3 +412,32 @@ def test_unknown_product_and_unknown_keys_are_reported_once() -> None:
     for _ in range(3):
         pipeline.process(device, b'{"params": {"a": 1, "b": "x"}, "version": "1.0"}', None, 1, memory)
     assert pipeline.reporter.unknown_keys == 1 and pipeline.reporter.non_numeric_values == 3
+
+
+def test_arrays_spliced_into_the_one_pass_match_the_reference_when_they_change() -> None:
+    """Arrays of numbers join the fast path's one pass: a report whose array is longer, shorter,
+    missing, nested, or past decode_object's field limit still makes the generic path's lines."""
+    device = golden_device(CATALOG, "delta_pro")
+    cells = [str(3500 + i) for i in range(15)]
+
+    def report(cell_vol: Any, **extra: Any) -> bytes:
+        params = {"pd.soc": "80", "bmsMaster.cellVol": cell_vol, "bmsMaster.vol": "53120", **extra}
+        return orjson.dumps({"id": 1, "version": "1.0", "params": params})
+
+    payloads = [report(cells), report(cells)]  # the second one takes the plan
+    payloads += [report(cells[:14]), report([*cells, "3501"]), report("3500"), report([[1], 2, *cells[2:]])]
+    payloads += [report([int(c) for c in cells]), report(cells), report(cells, extra=1)]
+    huge = orjson.dumps({"id": 1, "version": "1.0", "params": {"bmsMaster.cellVol": list(range(10_001))}})
+    payloads += [huge, huge, huge]  # a key set of its own: its plan would be built from this array
+    got, expected = run_both(device, payloads)
+    assert got == expected
+    assert "<PayloadError>" in got  # the 10,001 elements
+
+
+def test_long_texts_that_start_with_a_letter_stay_text() -> None:
+    from collector.decoding import _parse_number
+
+    for text in ("DCE0TEST0000002", "com.ecoflow.Kit$Info", "e5", "a1", "x"):
+        assert _parse_number(text) == text
+    assert _parse_number("inf") == "inf" and _parse_number("nan") == "nan"
+    assert _parse_number(" 12") == 12 and _parse_number("-1.5") == -1.5 and _parse_number("1_000") == 1000

@@ -1,4 +1,9 @@
-"""`ecoflow-collector`: one sub-command per module, each with `register(subparsers)`."""
+"""`ecoflow-collector`: sub-commands grouped in modules, each with `register(subparsers)`.
+
+Only the module of the command given is imported (COMMANDS): `run` does not load the simulator,
+the testbed or the history commands. `--help`, no command or one COMMANDS does not name (argparse
+then says what is wrong) registers every module.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +11,31 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Final
 
 from collector.catalog import CatalogError
 from collector.config import ConfigError
 from collector.logs import configure
 
-COMMAND_MODULES = (
-    "collector.cli.decode",
-    "collector.cli.schema",
-    "collector.cli.api",
-    "collector.cli.simulate",
-    "collector.cli.run",
-    "collector.cli.demo",
-    "collector.cli.history",
-)
+# command -> the module whose `register` adds it (tests/test_cli_commands.py holds this to the modules)
+COMMANDS: Final[dict[str, str]] = {
+    "decode": "collector.cli.decode",
+    "schema": "collector.cli.schema",
+    "devices": "collector.cli.api",
+    "quota": "collector.cli.api",
+    "get": "collector.cli.api",
+    "set": "collector.cli.api",
+    "settings": "collector.cli.api",
+    "simulate": "collector.cli.simulate",
+    "run": "collector.cli.run",
+    "check": "collector.cli.run",
+    "demo": "collector.cli.demo",
+    "rollup": "collector.cli.history",
+    "report": "collector.cli.history",
+    "export": "collector.cli.history",
+}
+COMMAND_MODULES: Final = tuple(dict.fromkeys(COMMANDS.values()))  # in the order `--help` lists them
+_GLOBAL_OPTIONS_WITH_VALUE: Final = ("--log-level", "--log-format")
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -34,7 +50,22 @@ class UsageError(Exception):
     """A command was called with values it cannot use; exit status 2."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def command_of(argv: Sequence[str]) -> str | None:
+    """The command `argv` names (its first word that is no global option or value), else None
+    (also when `--help` comes before it: the help lists every command)."""
+    words = iter(argv)
+    for word in words:
+        if word in _GLOBAL_OPTIONS_WITH_VALUE:
+            next(words, None)
+        elif word in ("-h", "--help"):
+            return None
+        elif word == "--" or not word.startswith("-"):
+            return next(words, None) if word == "--" else word
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or (given the arguments) only of the module of their command."""
     parser = argparse.ArgumentParser(
         prog="ecoflow-collector",
         description="Collect EcoFlow device telemetry (IoT Open Platform) into InfluxDB.",
@@ -43,13 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="default: warning")
     parser.add_argument("--log-format", choices=["console", "json"], help="default: console")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    command = command_of(argv) if argv is not None else None
+    modules = (COMMANDS[command],) if command in COMMANDS else COMMAND_MODULES
+    for name in modules:
         importlib.import_module(name).register(commands)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    if argv is None:
+        argv = sys.argv[1:]
+    args = build_parser(argv).parse_args(argv)
     configure(args.log_level or "warning", args.log_format or "console")
     try:
         status: int = args.handler(args)
