@@ -665,12 +665,26 @@ def dashboard(
     }
 
 
+def account_variable(measurement: str) -> dict[str, Any]:
+    """The `account` tag exists only where several accounts are configured: "All" is `.*`, which
+    also matches the points of a one-account install (no tag at all)."""
+    variable = query_variable(
+        "account",
+        "Account",
+        f'SHOW TAG VALUES FROM "{measurement}" WITH KEY = "account"',
+        description="EcoFlow accounts ([[accounts]] names; empty with one account)",
+    )
+    variable["allValue"] = ".*"
+    return variable
+
+
 def device_variables(measurement: str) -> list[dict[str, Any]]:
     return [
+        account_variable(measurement),
         query_variable(
             "name",
             "Device",
-            f'SHOW TAG VALUES FROM "{measurement}" WITH KEY = "name"',
+            f'SHOW TAG VALUES FROM "{measurement}" WITH KEY = "name" WHERE {device_filter("account")}',
             description="Device names (from the device list or the config)",
         ),
         query_variable(
@@ -1350,16 +1364,18 @@ def fleet() -> dict[str, Any]:
         ),
     ]
     variables = [
+        account_variable(s),
         query_variable(
             "product",
             "Product",
-            f'SHOW TAG VALUES FROM "{s}" WITH KEY = "product"',
+            f'SHOW TAG VALUES FROM "{s}" WITH KEY = "product" WHERE {device_filter("account")}',
             description="Product slugs (powerstream, delta_pro, ...)",
         ),
         query_variable(
             "name",
             "Device",
-            f'SHOW TAG VALUES FROM "{s}" WITH KEY = "name" WHERE {device_filter("product")}',
+            f'SHOW TAG VALUES FROM "{s}" WITH KEY = "name" WHERE {device_filter("product")} '
+            f"AND {device_filter('account')}",
             description="Device names",
         ),
     ]

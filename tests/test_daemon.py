@@ -17,6 +17,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from collector.account import open_client
 from collector.api.client import EcoflowClient, RequestBudget
 from collector.catalog import default_catalog
 from collector.config import Settings, settings_from_values
@@ -58,14 +59,16 @@ def make_settings(
 
 @contextmanager
 def running(settings: Settings, clock_ms: Callable[[], int] | None = None) -> Iterator[Collector]:
-    client = EcoflowClient.from_settings(settings.ecoflow, budget=RequestBudget())
+    """A started collector for every account of `settings` (each its own client and MQTT id)."""
+    accounts = settings.account_settings()
+    clients = {a.name: open_client(a, budget=RequestBudget()) for a in accounts}
     sink = InfluxWriter.from_settings(settings)
     collector = Collector(
         settings,
         default_catalog(),
-        client,
+        clients,
         sink,
-        client_id=f"test-{time.time_ns()}",
+        client_id={a.name: f"test-{a.name}-{time.time_ns()}" for a in accounts},
         clock_ms=clock_ms or wall_clock_ms,
     )
     collector.start()
@@ -73,7 +76,8 @@ def running(settings: Settings, clock_ms: Callable[[], int] | None = None) -> It
         yield collector
     finally:
         collector.stop(timeout=5)
-        client.close()
+        for client in clients.values():
+            client.close()
 
 
 def publisher_of(cloud: LocalCloud) -> Publisher:

@@ -43,6 +43,7 @@ import pytest
 from collector import sink
 from collector.catalog import CatalogError, Product, default_catalog, load_product_file
 from collector.catalog.units import DEVICE_UNITS, DeviceUnit
+from collector.config import settings_from_values
 from collector.decoding import Decoded, decode_bytes
 from collector.pipeline import Pipeline
 from collector.points import Device, to_lines
@@ -51,7 +52,8 @@ from collector.simulator.server import LocalCloud
 from collector.sink.influx import InfluxWriter
 from collector.state import FieldMemory, KeyTable
 from collector.testbed import InfluxServer, MosquittoServer
-from tests.test_daemon import make_settings, running, wait_for
+from tests.test_accounts import accounts_settings
+from tests.test_daemon import running, wait_for
 
 try:
     import yaml
@@ -69,7 +71,7 @@ DEVICE_MEASUREMENTS = tuple(sorted(CATALOG.products))
 # the products the local cloud simulates; the others are fed from their fixture payloads
 SIMULATED_PRODUCTS = tuple(sorted(set(SIMULATED) & set(CATALOG.products)))
 FIXTURE_PRODUCTS = tuple(sorted(set(CATALOG.products) - set(SIMULATED_PRODUCTS)))
-TAGS = {"sn", "name", "product", "instance"}
+TAGS = {"sn", "name", "product", "instance", "account"}
 FLEET_DASHBOARDS = ["fleet.json", "collector.json", "energy.json"]
 DASHBOARD_NAMES = [f"{slug}.json" for slug in DEVICE_MEASUREMENTS] + FLEET_DASHBOARDS
 ENERGY, ENERGY_1H, SUMMARY_1H = "ecoflow_energy", "ecoflow_energy_1h", "ecoflow_summary_1h"
@@ -449,7 +451,7 @@ def test_a_product_file_without_hints_gets_the_default_dashboard(tmp_path: Path)
         "1": {"text": "on", "index": 1, "color": "blue"},
     }
     assert by_title["inv: settings (W)"]["fieldConfig"]["defaults"]["unit"] == "watt"
-    assert [v["name"] for v in board["templating"]["list"]] == ["datasource", "name", "sn", "tz"]
+    assert [v["name"] for v in board["templating"]["list"]] == ["datasource", "account", "name", "sn", "tz"]
 
 
 def test_hints_make_the_panels_and_only_those(tmp_path: Path) -> None:
@@ -872,11 +874,13 @@ def live(
     started = int(time.time())
     spec = ",".join(f"{slug}=1" for slug in SIMULATED_PRODUCTS)
     try:
-        with LocalCloud(spec, mosquitto=mosquitto_server, publish_rate=8.0) as cloud:
+        # two accounts, so every point carries the `account` tag the dashboards' Account variable reads
+        with LocalCloud(spec, accounts=2, mosquitto=mosquitto_server, publish_rate=16.0) as cloud:
             state = tmp_path_factory.mktemp("grafana-live")
-            settings = make_settings(cloud, influx_server, db, state)
+            influx = {"url": influx_server.url, "bucket": db, "token": "t", "flush_interval_s": 0.2}
+            settings = settings_from_values(accounts_settings(cloud, state, influx))
             with running(settings) as collector:
-                wait_for(lambda: collector.mqtt.connected, what="MQTT connection")
+                wait_for(lambda: all(a.mqtt.connected for a in collector.accounts), what="MQTT sessions")
                 errors: dict[str, str] = {}  # sn -> error key set non-zero
                 for device in cloud.devices:
                     key = first_error_key(CATALOG.products[device.product_slug])
@@ -925,6 +929,7 @@ def live(
 
 
 FEED_TIMES = (-1800, -1200, -600, -300, -60)  # seconds before the collector started
+FIXTURE_ACCOUNT = "home"  # the live data has two accounts: every device point carries the tag
 
 
 def feed_fixtures(influx: InfluxServer, db: str, product: Product, started: int) -> tuple[str, str, str]:
@@ -937,7 +942,7 @@ def feed_fixtures(influx: InfluxServer, db: str, product: Product, started: int)
     assert paths, f"{product.slug}: no fixture payloads in tests/fixtures/{product.slug}"
     prefix = product.serial_prefixes[0] if product.serial_prefixes else "FX"
     sn, name = f"{prefix}FIXTURE0001", f"fixture {product.name}"
-    device = Device.resolve(CATALOG, sn, name, product.slug)
+    device = Device.resolve(CATALOG, sn, name, product.slug, account=FIXTURE_ACCOUNT)
     assert device.product is product
     pipeline, memory = Pipeline(), FieldMemory(KeyTable())
     error = first_error_key(product)
@@ -1073,6 +1078,9 @@ def time_filter(time_from: str) -> str:
     return f"time > now() - {count}{unit}"
 
 
+ALL_VALUE = "\0all:"  # marks a variable at "All" whose allValue Grafana puts into the query unescaped
+
+
 def grafana_regex_escape(value: str) -> str:
     """Grafana's InfluxDB data source escapes regex values like this (escapeRegex in @grafana/data)."""
     return re.sub(r"[\\^$*+?.()|[\]{}/]", lambda m: "\\" + m.group(0), value)
@@ -1089,6 +1097,8 @@ def substitute(
 
     def regex_value(match: re.Match[str]) -> str:
         values = variables[match.group(1)]
+        if len(values) == 1 and values[0].startswith(ALL_VALUE):  # "All" with a custom all value: as is
+            return "/^" + values[0].removeprefix(ALL_VALUE) + "$/"
         escaped = [grafana_regex_escape(v) for v in values]
         return "/^" + (escaped[0] if len(escaped) == 1 else "(" + "|".join(escaped) + ")") + "$/"
 
@@ -1112,7 +1122,7 @@ def non_null_values(result: dict[str, Any]) -> int:
 
 def resolve_variables(live: Live, name: str, board: dict[str, Any]) -> dict[str, list[str]]:
     """Run the dashboard's variable queries in order, as Grafana does, each seeing the ones before it
-    at "All"; every one must find values."""
+    at "All" (a variable's own `allValue` where it has one); every one must find values."""
     values: dict[str, list[str]] = {}
     for var in board["templating"]["list"]:
         if var["type"] == "custom":
@@ -1123,7 +1133,7 @@ def resolve_variables(live: Live, name: str, board: dict[str, Any]) -> dict[str,
         result = live.influx.query(live.db, query)
         found = [row[1] for s in result["results"][0].get("series", []) for row in s["values"]]
         assert found, f"{name} variable {var['name']}: {query} found nothing"
-        values[var["name"]] = sorted(set(found))
+        values[var["name"]] = [ALL_VALUE + var["allValue"]] if var.get("allValue") else sorted(set(found))
     return values
 
 
