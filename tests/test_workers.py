@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -167,6 +168,8 @@ def test_workers_share_the_devices_restart_and_stop_together(
                 lambda: healthy_with(port, len(devices)), timeout=60, what="both workers healthy"
             )
             assert detail["workers_failing"] == [] and detail["mqtt_connected"]
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/livez", timeout=5) as livez:
+                assert livez.status == 200  # the supervisor answers /livez itself
             for j in range(WORKERS):
                 worker = detail["workers"][str(j)]
                 assert worker["devices"] == shares[j] and worker["shard"] == f"{j + 1}/{WORKERS}"
