@@ -392,3 +392,43 @@ def test_a_new_broker_in_the_certification_is_used_at_the_next_reconnect(sources
             assert cloud.cloud.counts["/iot-open/sign/certification"] >= 2
         finally:
             client.close()
+
+
+@pytest.mark.parametrize("qos", [0, 1])
+def test_the_packet_reader_delivers_every_message_whole_and_in_order(
+    mosquitto_server: MosquittoServer, sources: list[MqttSource], qos: int
+) -> None:
+    """_Client cuts packets out of bulk reads itself: large payloads spanning several reads (the
+    incomplete tail waits for the next read), bursts of small ones, and at QoS 1 its PUBACKs (the
+    broker sends a subscriber at most 20 unacknowledged messages, so 300 arrive only if they go out)."""
+    received = Received()
+    source = MqttSource(
+        f"reader-{qos}-{time.time_ns()}", lambda: credentials_for(mosquitto_server), received, now_ms, qos=qos
+    )
+    sources.append(source)
+    source.add_devices(["READ0001"])
+    source.start()
+    wait_for(lambda: source.connected, what="connected")
+    assert isinstance(source._client, _Client)
+    topic = f"/open/{MQTT_USER}/READ0001/quota"
+    sender = publisher(mosquitto_server)
+    try:
+
+        def subscribed() -> bool:  # publish a probe until the subscription is in place
+            publish(sender, topic, [b'{"probe":1}'])
+            return bool(received.payloads("READ0001"))
+
+        wait_for(subscribed, what="the subscription")
+        sizes = [10, 70_000, 200, 150_000, 3] + [60] * 300
+        payloads = [b'{"params":{"n":%d,"pad":"%s"}}' % (i, b"x" * size) for i, size in enumerate(sizes)]
+        publish(sender, topic, payloads)
+
+        def reports() -> list[bytes]:
+            return [p for p in received.payloads("READ0001") if not p.startswith(b'{"probe"')]
+
+        wait_for(lambda: len(reports()) == len(payloads), what="every message")
+        assert reports() == payloads
+        assert source.messages["quota"] == len(received.payloads("READ0001"))
+    finally:
+        sender.disconnect()
+        sender.loop_stop()

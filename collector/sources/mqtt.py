@@ -5,6 +5,12 @@ exponential backoff. Credentials come from a provider (the certification endpoin
 overrides); "Not authorized" makes the source ask the provider again, with its own backoff, before
 the next attempt. A watchdog (`check_watchdog`, called by the daemon's scheduler) rebuilds the
 session when nothing arrived for a long time although devices are online.
+
+The subscription is QoS 0 (:data:`SUBSCRIBE_QOS`, with the argument). On the paho releases it knows,
+the source reads the broker connection itself (:class:`_BufferedSocket`, :class:`_Client`): bulk
+reads, every whole packet cut out of them at once, a PUBLISH handed over as ``(topic, payload)``
+bytes, and a 5 ms pause after a small read that carried reports (read coalescing); the CPU this
+saves per report is in docs/benchmarks.md ("Fleets").
 """
 
 from __future__ import annotations
