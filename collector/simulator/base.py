@@ -46,6 +46,9 @@ class SimDevice(ABC):
     # DELTA 2 family: one `{"typeCode":..,"moduleType":..,"params":{bare keys}}` message per key
     # prefix (`pd.` -> ("pdStatus", 1)); empty for the other envelopes
     report_modules: ClassVar[Mapping[str, tuple[str, int]]] = {}
+    # quota key -> the key the device's MQTT reports carry it under, where the two differ (the Smart
+    # Home Panel's channel powers: quota/all `channelPower.infoList`, its MQTT report `infoList`)
+    report_keys: ClassVar[Mapping[str, str]] = {}
 
     def __init__(
         self,
@@ -106,17 +109,19 @@ class SimDevice(ABC):
             return {**self._values, **self._cloud_values()}
 
     def full_report(self) -> dict[str, Value]:
-        """Every key the device reports over MQTT; they all count as reported afterwards."""
+        """Every key the device reports over MQTT (under its `report_keys` name); they all count as
+        reported afterwards."""
         with self._lock:
             self._advance()
             values = dict(self._values)
             self._reported = dict(values)
             self._pending.clear()
             self._changed, self._stale = [], False
-            return values
+            return self._as_reported(values)
 
     def incremental_report(self, limit: int = 6) -> dict[str, Value]:
-        """Up to `limit` changed keys (changed settings first); heartbeat keys if nothing changed."""
+        """Up to `limit` changed keys (changed settings first), heartbeat keys if nothing changed;
+        under their `report_keys` names."""
         with self._lock:
             self._advance()
             values, reported, pending = self._values, self._reported, self._pending
@@ -134,7 +139,13 @@ class SimDevice(ABC):
                 reported[key] = values[key]
                 pending.pop(key, None)
             self._changed = [k for k in self._changed if k not in chosen]
-            return {key: values[key] for key in chosen}
+            return self._as_reported({key: values[key] for key in chosen})
+
+    def _as_reported(self, values: dict[str, Value]) -> dict[str, Value]:
+        renamed = self.report_keys
+        if not renamed:
+            return values
+        return {renamed.get(key, key): value for key, value in values.items()}
 
     def list_entry(self) -> dict[str, Value]:
         """This device's entry of `/device/list`."""

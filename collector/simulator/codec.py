@@ -9,6 +9,7 @@ simulator sends at once.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -18,6 +19,7 @@ from collector.catalog import FieldSpec, Product
 Value = Any  # int, float, bool, str, list or dict: JSON as the device sends it
 
 FLOAT_DIGITS: Final = 3  # decimals of a float value, in the unit it is sent in
+_INDEX: Final = re.compile(r"\[\d+\]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +36,8 @@ class UnknownKeyError(KeyError):
 class Codec:
     """Encodes SI values of one product's quota keys into sent values, and back.
 
-    `floats`: keys the device sends as floats (all others go out as integers).
+    `floats`: keys the device sends as floats (all others go out as integers); an array element by
+    its key without indices (`channelPower.infoList.chWatt` for `channelPower.infoList[3].chWatt`).
     """
 
     __slots__ = ("_factors", "floats", "product")
@@ -54,7 +57,8 @@ class Codec:
         known = self._factors.get(key)
         if known is None:
             spec = self.spec(key)
-            known = (spec.div / spec.mul, spec.mul / spec.div, key in self.floats)
+            is_float = key in self.floats or ("[" in key and _INDEX.sub("", key) in self.floats)
+            known = (spec.div / spec.mul, spec.mul / spec.div, is_float)
             self._factors[key] = known
         return known
 

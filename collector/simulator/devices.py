@@ -3,7 +3,8 @@
 Every product is a catalog file (collector/catalog/products/<slug>.toml) plus a simulator class that
 computes SI quantities: :class:`PowerStream` (micro-inverter with a battery behind it), the power
 stations of :mod:`~collector.simulator.station` (DELTA Pro, DELTA 2, DELTA 2 Max, DELTA Pro 3,
-STREAM: one model, a table of keys per product), :class:`SmartPlug` and :class:`SmartMeter`. What a
+STREAM: one model, a table of keys per product), :class:`SmartPlug`, :class:`SmartMeter`, and the
+home backup systems of :mod:`~collector.simulator.home` (DELTA Pro Ultra, Smart Home Panel). What a
 value is sent in (0.1 W, mV, min, ...) is the catalog's: the device's codec encodes every value
 through it (:mod:`~collector.simulator.codec`); product name and serial prefix are the catalog's.
 All randomness is a function of the device's seed and the time, so a run is reproducible.
@@ -24,6 +25,7 @@ from collector.simulator import templates
 from collector.simulator.base import EnergyMeter, SimDevice, wire_values
 from collector.simulator.clock import Clock
 from collector.simulator.codec import Raw, Value
+from collector.simulator.home import DeltaProUltra, SmartHomePanel
 from collector.simulator.physics import (
     AMERICAS,
     EUROPE,
@@ -59,6 +61,7 @@ __all__ = [
     "DeltaMax",
     "DeltaPro",
     "DeltaPro3",
+    "DeltaProUltra",
     "DeviceSpec",
     "EnergyMeter",
     "Noise",
@@ -66,6 +69,7 @@ __all__ = [
     "River2Pro",
     "SimDevice",
     "Site",
+    "SmartHomePanel",
     "SmartMeter",
     "SmartPlug",
     "Station",
@@ -407,6 +411,8 @@ PRODUCTS: Final[Mapping[str, type[SimDevice]]] = {
         Stream,
         SmartPlug,
         SmartMeter,
+        DeltaProUltra,
+        SmartHomePanel,
     )
 }
 _SERIAL_ALPHABET: Final = "ABCDEFGHJKLMNPQRSTUVWXYZ0123456789"

@@ -1721,3 +1721,243 @@ RIVER_2_PRO: Final[dict[str, Value]] = {
     "pd.wireWatts": 0,
 }
 RIVER_2_PRO_FLOATS: Final = frozenset(["bms_bmsStatus.f32ShowSoc", "bms_emsStatus.f32LcdShowSoc"])
+
+# DELTA Pro Ultra (tests/fixtures/delta_pro_ultra/quota_all_*.json, a US unit with two packs). Port
+# powers, voltages, currents and frequencies, SoC, remaining time and bpNum are the physics'; the
+# settings that follow the grid (acOutFreq, c20ChgMaxWatts, chgC20SetWatts) are set per site.
+_DPU_SHOW: Final = "hs_yj751_pd_appshow_addr."
+_DPU_SET: Final = "hs_yj751_pd_app_set_info_addr."
+_DPU_BACKEND: Final = "hs_yj751_pd_backend_addr."
+# the ports: appshow `{port}Pwr`, backend `{port}Vol`, `{port}Amp` (and `{port}Pf` for AC outputs)
+DELTA_PRO_ULTRA_INPUTS: Final = ("inHvMppt", "inLvMppt", "inAcC20", "inAc5p8")
+DELTA_PRO_ULTRA_AC_OUTPUTS: Final = (
+    "outAcL11",
+    "outAcL12",
+    "outAcL14",
+    "outAcL21",
+    "outAcL22",
+    "outAcTt",
+    "outAc5p8",
+)
+DELTA_PRO_ULTRA_DC_OUTPUTS: Final = ("outTypec1", "outTypec2", "outUsb1", "outUsb2", "outAds", "outPr")
+DELTA_PRO_ULTRA: Final[dict[str, Value]] = {
+    **{
+        _DPU_SET + key: value
+        for key, value in {
+            "acOftenOpenFlg": 0,
+            "acOftenOpenMinSoc": 10,
+            "acOutFreq": 60,
+            "acStandbyMins": 43200.0,
+            "backupRatio": 20,
+            "bmsModeSet": 0,
+            "chg5p8SetWatts": 3000,
+            "chgC20SetWatts": 1500,
+            "chgMaxSoc": 95,
+            "dcStandbyMins": 43200.0,
+            "dsgMinSoc": 10,
+            "energyMamageEnable": 0,
+            "powerStandbyMins": 7200.0,
+            "screenStandbySec": 300,
+            "sysBackupSoc": 20,
+            "sysTimezone": 100,
+            "sysTimezoneId": "Europe/Berlin",
+            "sysWordMode": 0,
+            "timezoneSettype": 1,
+        }.items()
+    },
+    **{
+        _DPU_SHOW + key: value
+        for key, value in {
+            "access5p8InType": 0,
+            "access5p8OutType": 0,
+            "bpNum": 2,
+            "c20ChgMaxWatts": 1800,
+            "chgTimeTaskMode": 0,
+            "chgTimeTaskParam": 0,
+            "chgTimeTaskTable0": 0,
+            "chgTimeTaskTable1": 0,
+            "chgTimeTaskTable2": 0,
+            "chgTimeTaskType": -1,
+            "dsgTimeTaskMode": 0,
+            "dsgTimeTaskNotice": 0,
+            "dsgTimeTaskTable0": 0,
+            "dsgTimeTaskTable1": 0,
+            "dsgTimeTaskTable2": 0,
+            "dsgTimeTaskType": -1,
+            "fullCombo": 100,
+            "paraChgMaxWatts": 7200,
+            "remainCombo": 72,
+            "remainTime": 12720.0,
+            "simIccid": "",
+            "soc": 47,
+            "sysErrCode": 0,
+            "wattsInSum": 3704.5,
+            "wattsOutSum": 246.25,
+            "wireless4GSta": 0,
+            "wireless4gCon": -1,
+            "wireless4gOn": 0,
+            "wirlesss4gErrCode": 5,
+        }.items()
+    },
+    **{
+        _DPU_SHOW + f"{port}Pwr": 0.0
+        for port in (*DELTA_PRO_ULTRA_INPUTS, *DELTA_PRO_ULTRA_AC_OUTPUTS, *DELTA_PRO_ULTRA_DC_OUTPUTS)
+    },
+    **{
+        _DPU_BACKEND + f"{port}{quantity}": 0.0
+        for port in (*DELTA_PRO_ULTRA_INPUTS, *DELTA_PRO_ULTRA_AC_OUTPUTS)
+        for quantity in ("Vol", "Amp")
+    },
+    **{_DPU_BACKEND + f"{port}Pf": 60.0 for port in DELTA_PRO_ULTRA_AC_OUTPUTS if port != "outAc5p8"},
+    _DPU_BACKEND + "outAcP58Pf": 0.0,
+}
+# the Open API document's "Float" keys: every port power and the totals, every backend figure
+DELTA_PRO_ULTRA_FLOATS: Final[frozenset[str]] = frozenset(
+    key
+    for key in DELTA_PRO_ULTRA
+    if key.startswith(_DPU_BACKEND) or (key.startswith(_DPU_SHOW) and key.endswith(("Pwr", "Sum")))
+)
+
+# Smart Home Panel (tests/fixtures/smart_home_panel/quota_all.json: an EU panel, grid on, one DELTA Pro
+# with an extra battery in slot 1, slot 2 empty). The channel powers, the batteries' figures, the
+# day energies and hourly tables, the clocks, the work time and the grid state are the physics'.
+_SHP_CTRL_LOAD: Final = ((1, 0, 0, 1), (1, 0, 0, 2), (1, 1, 0, 8), (1, 0, 0, 5), (1, 1, 0, 9))
+_SHP_CTRL_LOAD_2: Final = ((1, 0, 0, 6), (1, 0, 0, 0), (1, 0, 0, 3), (1, 0, 1, 7), (1, 1, 0, 4))
+_SHP_EMERGENCY: Final = ((1, 1), (2, 1), (8, 0), (5, 0), (9, 0), (6, 0), (0, 1), (3, 1), (7, 0), (4, 1))
+_SHP_CURRENTS: Final = (16, 16, 20, 16, 16, 30, 16, 16, 16, 16, 16, 16)
+_SHP_EMPTY_SLOT: Final[dict[str, Value]] = {
+    "batteryPercentage": 0,
+    "chargeTime": 0,
+    "dischargeTime": 0,
+    "emsBatTemp": 0,
+    "emsChgFlag": 0,
+    "fullCap": 0,
+    "lcdInputWatts": 0,
+    "mulPackNum": 0,
+    "oilPackNum": 0,
+    "outputPower": 0,
+    "ratePower": 0,
+    "type": 0,
+    "stateBean": {
+        "isAcOpen": 0,
+        "isConnect": 0,
+        "isEnable": 0,
+        "isGridCharge": 0,
+        "isMpptCharge": 0,
+        "isPowerOutput": 0,
+    },
+}
+SMART_HOME_PANEL_CLOCK: Final = ("day", "hour", "min", "month", "sec", "week", "year")
+SMART_HOME_PANEL: Final[dict[str, Value]] = {
+    "areaInfo.area": "Germany,Bavaria",
+    "areaInfo.cmdSet": 11,
+    "areaInfo.id": 36,
+    "backupChaDiscCfg.cmdSet": 11,
+    "backupChaDiscCfg.discLower": 15,
+    "backupChaDiscCfg.forceChargeHigh": 90,
+    "backupChaDiscCfg.id": 30,
+    "backupLoadWatt.cmdSet": 11,
+    "backupLoadWatt.id": 49,
+    "backupLoadWatt.rtc": "2025-3-14",
+    "backupLoadWatt.watth": [[0] * 24 for _ in range(10)],
+    "cfgSta.cmdSet": 11,
+    "cfgSta.id": 8,
+    "cfgSta.sta": 1,
+    "chUseInfo.cmdSet": 11,
+    "chUseInfo.id": 30,
+    "chUseInfo.isEnable": [True] * 10,
+    "channelPower.cmdSet": 11,
+    "channelPower.id": 96,
+    "channelPower.infoList": [{"chWatt": 0, "powType": 0} for _ in range(12)],
+    **{f"channelPower.time.{name}": 0 for name in SMART_HOME_PANEL_CLOCK},
+    "emergencyStrategy.backupMode": 0,
+    "emergencyStrategy.chSta": [{"priority": p, "isEnable": on} for p, on in _SHP_EMERGENCY],
+    "emergencyStrategy.cmdSet": 11,
+    "emergencyStrategy.id": 65,
+    "emergencyStrategy.isCfg": 1,
+    "emergencyStrategy.overloadMode": 1,
+    "epsModeInfo.cmdSet": 11,
+    "epsModeInfo.eps": True,
+    "epsModeInfo.id": 25,
+    "gridInfo.cmdSet": 11,
+    "gridInfo.gridFreq": 50,
+    "gridInfo.gridVol": 230,
+    "gridInfo.id": 23,
+    "heartbeat.backupBatPer": 63,
+    "heartbeat.backupChaTime": 611,
+    "heartbeat.backupCmdChCtrlInfos": [
+        {"powCh": 0, "ctrlSta": 0, "ctrlMode": 0, "priority": 0},
+        {"powCh": 0, "ctrlSta": 1, "ctrlMode": 0, "priority": 0},
+    ],
+    "heartbeat.backupDayWatth": 845.25,
+    "heartbeat.backupFullCap": 151.2,
+    "heartbeat.cmdSet": 11,
+    "heartbeat.energyInfos": [
+        {
+            "batteryPercentage": 63,
+            "chargeTime": 0,
+            "dischargeTime": 36660.0,
+            "emsBatTemp": 24,
+            "emsChgFlag": 0,
+            "fullCap": 80.0,
+            "lcdInputWatts": 0,
+            "mulPackNum": 1,
+            "oilPackNum": 0,
+            "outputPower": 388,
+            "ratePower": 3600,
+            "type": 14,
+            "stateBean": {
+                "isAcOpen": 1,
+                "isConnect": 1,
+                "isEnable": 1,
+                "isGridCharge": 0,
+                "isMpptCharge": 0,
+                "isPowerOutput": 1,
+            },
+        },
+        _SHP_EMPTY_SLOT,
+    ],
+    "heartbeat.errorCodes": [0] * 20,
+    "heartbeat.gridDayWatth": 3120.5,
+    "heartbeat.gridSta": 1,
+    "heartbeat.id": 2,
+    "heartbeat.loadCmdChCtrlInfos": [
+        {"powCh": ch, "ctrlSta": sta, "ctrlMode": mode, "priority": p}
+        for ch, sta, mode, p in (*_SHP_CTRL_LOAD, *_SHP_CTRL_LOAD_2)
+    ],
+    **{f"heartbeat.time.{name}": 0 for name in SMART_HOME_PANEL_CLOCK},
+    "heartbeat.workTime": 1209600.0,
+    "loadChCurInfo.cmdSet": 11,
+    "loadChCurInfo.cur": list(_SHP_CURRENTS),
+    "loadChCurInfo.id": 21,
+    "loadChInfo": {"info": [{"iconNum": i, "chName": f"Circuit {i + 1}"} for i in range(10)]},
+    "mainsLoadWatt.cmdSet": 11,
+    "mainsLoadWatt.id": 48,
+    "mainsLoadWatt.rtc": "2025-3-14",
+    "mainsLoadWatt.watth": [[0] * 24 for _ in range(10)],
+    "selfCheck.chErrorSta": [0] * 9,
+    "selfCheck.cmdSet": 11,
+    "selfCheck.flag": 1,
+    "selfCheck.id": 113,
+    "selfCheck.phaseType": [0] * 9,
+    "selfCheck.result": 1,
+    "selfCheck.vIn": [230.5, 231.25, 229.75, 230.0, 231.0, 230.25, 229.5, 230.75, 231.5, 230.0],
+    "selfCheck.vOut": [0.125, 0, 0, 0.25, 0, 0, 0, 0, 0, 0.125],
+    "splitPhaseInfo.cfgList": [{"linkCh": 0, "linkMark": 0} for _ in range(10)],
+    "splitPhaseInfo.cmdSet": 11,
+    "splitPhaseInfo.id": 19,
+    "topupLoadWatt.cmdSet": 11,
+    "topupLoadWatt.id": 50,
+    "topupLoadWatt.rtc": "2025-3-14",
+    "topupLoadWatt.watth": [[0] * 24 for _ in range(2)],
+}
+# keys the panel sends as floats; array elements by their key without indices
+SMART_HOME_PANEL_FLOATS: Final[frozenset[str]] = frozenset(
+    [
+        "channelPower.infoList.chWatt",
+        "heartbeat.backupDayWatth",
+        "heartbeat.gridDayWatth",
+        "selfCheck.vIn",
+        "selfCheck.vOut",
+    ]
+)
