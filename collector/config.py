@@ -18,11 +18,11 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -33,13 +33,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import (
-    BaseSettings,
-    EnvSettingsSource,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    SettingsError,
-)
 
 ENV_PREFIX = "ECOFLOW_COLLECTOR_"
 REGIONS = {
@@ -48,17 +41,28 @@ REGIONS = {
     "global": "https://api.ecoflow.com",
 }
 
-_SECTION = ConfigDict(extra="forbid")
+# Patterns are matched with Python's `re` (already loaded), not pydantic-core's Rust regex engine,
+# whose first use costs 0.7 MB of RSS (docs/benchmarks.md); `\Z`: the end of the text, as the Rust
+# engine's `$` (Python's `$` also matches before a final newline)
+_SECTION = ConfigDict(extra="forbid", regex_engine="python-re")
 
 
 class ConfigError(Exception):
     """The configuration cannot be used; the message names the file, the key and the reason."""
 
 
+class EnvironmentValueError(ValueError):
+    """An `ECOFLOW_COLLECTOR_*` variable that must be JSON (a list or a table) does not parse."""
+
+    def __init__(self, variable: str) -> None:
+        super().__init__(f"{variable} is not valid JSON")
+        self.variable = variable
+
+
 class EcoflowSection(BaseModel):
     model_config = _SECTION
 
-    api_url: str = Field(REGIONS["europe"], pattern=r"^https?://[^/\s]+/?$")
+    api_url: str = Field(REGIONS["europe"], pattern=r"^https?://[^/\s]+/?\Z")
     access_key: SecretStr | None = None
     secret_key: SecretStr | None = None
     timeout_s: float = Field(10.0, gt=0, le=120)
@@ -91,7 +95,7 @@ class MqttSection(BaseModel):
 class InfluxSection(BaseModel):
     model_config = _SECTION
 
-    url: str = Field("http://localhost:8086", pattern=r"^https?://\S+$")
+    url: str = Field("http://localhost:8086", pattern=r"^https?://\S+\Z")
     token: SecretStr = SecretStr("")
     org: str = "ecoflow"
     bucket: str = Field("ecoflow", min_length=1)
@@ -119,7 +123,7 @@ class CollectorSection(BaseModel):
     # "i/N": this instance takes the i-th of N shares of the devices; "auto": i from the pod's
     # ordinal (POD_NAME or HOSTNAME ending in -<ordinal>, as a StatefulSet names them) and N from
     # ECOFLOW_COLLECTOR_SHARD_COUNT (see deploy/kubernetes/)
-    shard: str | None = Field(None, pattern=r"^(\d+/\d+|auto)$")
+    shard: str | None = Field(None, pattern=r"^(\d+/\d+|auto)\Z")
     # N > 1: `run` supervises N worker processes, each taking a share of this instance's devices
     # (collector/supervisor.py): all cores of one machine
     workers: int = Field(1, ge=1, le=64)
@@ -176,14 +180,14 @@ class LoggingSection(BaseModel):
 class DeviceEntry(BaseModel):
     model_config = _SECTION
 
-    sn: str = Field(pattern=r"^[A-Za-z0-9*_-]{4,40}$")
+    sn: str = Field(pattern=r"^[A-Za-z0-9*_-]{4,40}\Z")
     name: str | None = Field(None, min_length=1, max_length=100)
     product: str | None = None  # a catalog slug (powerstream, delta_pro) or a product name
 
 
 DEFAULT_ACCOUNT = "default"  # the name of the one-account form ([ecoflow])
 ACCOUNTS_ENV = ENV_PREFIX + "ACCOUNTS__"
-_ACCOUNT_NAME = r"^[A-Za-z0-9_]{1,40}$"  # usable in an environment variable's name
+_ACCOUNT_NAME = r"^[A-Za-z0-9_]{1,40}\Z"  # usable in an environment variable's name
 
 
 class AccountMqtt(BaseModel):
@@ -220,7 +224,7 @@ class AccountEntry(BaseModel):
     model_config = _SECTION
 
     name: str = Field(pattern=_ACCOUNT_NAME)
-    api_url: str | None = Field(None, pattern=r"^https?://[^/\s]+/?$")  # default: [ecoflow] api_url
+    api_url: str | None = Field(None, pattern=r"^https?://[^/\s]+/?\Z")  # default: [ecoflow] api_url
     access_key: SecretStr | None = None
     secret_key: SecretStr | None = None
     timeout_s: float | None = Field(None, gt=0, le=120)  # default: [ecoflow] timeout_s
@@ -260,10 +264,11 @@ class AccountSettings:
         return "[ecoflow]" if self.from_ecoflow else f"[[accounts]] {self.name}"
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="forbid", case_sensitive=False
-    )
+class Settings(BaseModel):
+    """The whole configuration: `Settings(**values)` applies the environment over the values
+    (`environment_over`); `settings_from_values` does not."""
+
+    model_config = _SECTION
 
     ecoflow: EcoflowSection = EcoflowSection()
     mqtt: MqttSection = MqttSection()
@@ -274,6 +279,9 @@ class Settings(BaseSettings):
     logging: LoggingSection = LoggingSection()
     devices: list[DeviceEntry] = []
     accounts: list[AccountEntry] = []
+
+    def __init__(self, **values: Any) -> None:
+        super().__init__(**environment_over(values, os.environ))
 
     @model_validator(mode="after")
     def _accounts_or_ecoflow(self) -> Settings:
@@ -347,52 +355,83 @@ class Settings(BaseSettings):
             )
         return self
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # the file's values come in as init arguments; the environment overrides them (accounts'
-        # variables are merged into the file's accounts by name, not by pydantic-settings)
-        if not cls.use_environment:
-            return (init_settings,)
-        return (_EnvWithoutAccounts(settings_cls), _AccountsFromEnv(settings_cls, init_settings))
 
-    use_environment: ClassVar[bool] = True
+def _json(text: str, variable: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        raise EnvironmentValueError(variable) from None
 
 
-class _EnvWithoutAccounts(EnvSettingsSource):
-    """The environment as pydantic-settings reads it, but for the accounts' variables."""
+def _deep_update(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `update` over it: tables are merged key by key, anything else is replaced."""
+    merged = dict(base)
+    for key, value in update.items():
+        old = merged.get(key)
+        merged[key] = _deep_update(old, value) if isinstance(old, dict) and isinstance(value, dict) else value
+    return merged
 
-    def _load_env_vars(self) -> dict[str, str | None]:
-        loaded = super()._load_env_vars()
-        prefix = ENV_PREFIX.lower() + "accounts"
-        return {k: v for k, v in loaded.items() if not k.lower().startswith(prefix)}
+
+def environment_values(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The `ECOFLOW_COLLECTOR_*` variables but the accounts' (`merge_account_env`), as values of
+    `Settings`. Names are case-insensitive. `ECOFLOW_COLLECTOR_<FIELD>` (a section, `DEVICES`) is
+    JSON; `ECOFLOW_COLLECTOR_<FIELD>__<KEY>[__<KEY>...]` sets one key (its text, which pydantic
+    converts), merged into `<FIELD>`'s JSON table if that is given too (not into a JSON list).
+    Variables of no field are ignored; keys no section has are refused by its validation."""
+    prefix = ENV_PREFIX.lower()
+    whole: dict[str, Any] = {}
+    keyed: dict[str, dict[str, Any]] = {}
+    for variable, text in environ.items():
+        name = variable.lower()
+        if not name.startswith(prefix):
+            continue
+        field, _, rest = name[len(prefix) :].partition("__")
+        if field == "accounts" or field not in Settings.model_fields:
+            continue
+        if not rest:
+            whole[field] = _json(text, ENV_PREFIX + field.upper())
+            continue
+        *path, last = rest.split("__")
+        node: Any = keyed.setdefault(field, {})
+        for key in path:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):  # `..._MQTT__PORT` and `..._MQTT__PORT__X`: the first stays
+                break
+        else:
+            node[last] = text
+    values = dict(whole)
+    for field, tree in keyed.items():
+        table = whole.get(field)
+        if table is None:
+            values[field] = tree
+        elif isinstance(table, dict):
+            values[field] = _deep_update(table, tree)
+    return values
 
 
-def _env_value(text: str) -> Any:
+def environment_over(values: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """`values` (the file's) with the environment over them: the accounts' variables merged into
+    `accounts` by name (`merge_account_env`), then the other variables (`environment_values`)
+    merged key by key."""
+    data = dict(values)
+    accounts = merge_account_env(data.get("accounts", []), environ)
+    if accounts:
+        data["accounts"] = accounts
+    return _deep_update(data, environment_values(environ))
+
+
+def _env_value(text: str, variable: str) -> Any:
     stripped = text.strip()
-    if stripped[:1] in ("[", "{"):
-        try:
-            return json.loads(stripped)
-        except ValueError:
-            raise SettingsError(
-                'error parsing value for field "accounts" from source "environment"'
-            ) from None
-    return text
+    return _json(stripped, variable) if stripped[:1] in ("[", "{") else text
 
 
-def merge_account_env(accounts: Any, environ: dict[str, str]) -> Any:
+def merge_account_env(accounts: Any, environ: Mapping[str, str]) -> Any:
     """`ECOFLOW_COLLECTOR_ACCOUNTS` (a JSON list) replaces the file's `[[accounts]]`; then each
     `ECOFLOW_COLLECTOR_ACCOUNTS__<NAME>__<KEY>[__<KEY>]` sets a key of the account of that name
     (case-insensitive), which is added when there is none."""
     whole = next((v for k, v in environ.items() if k.upper() == ENV_PREFIX + "ACCOUNTS"), None)
     if whole is not None:
-        accounts = _env_value(whole)
+        accounts = _env_value(whole, ENV_PREFIX + "ACCOUNTS")
     keyed = sorted((k.upper(), v) for k, v in environ.items() if k.upper().startswith(ACCOUNTS_ENV))
     if not keyed:
         return accounts
@@ -415,30 +454,13 @@ def merge_account_env(accounts: Any, environ: dict[str, str]) -> Any:
             inner = target.get(key)
             target[key] = inner = dict(inner) if isinstance(inner, dict) else {}
             target = inner
-        target[path[-1]] = _env_value(value)
+        target[path[-1]] = _env_value(value, variable)
     return entries
 
 
-class _AccountsFromEnv(PydanticBaseSettingsSource):
-    """The file's values (init arguments) with the accounts' environment variables merged in."""
-
-    def __init__(self, settings_cls: type[BaseSettings], init: PydanticBaseSettingsSource) -> None:
-        super().__init__(settings_cls)
-        self._init = init
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return None, field_name, False  # unused: __call__ gives everything
-
-    def __call__(self) -> dict[str, Any]:
-        data = dict(self._init())
-        accounts = merge_account_env(data.get("accounts", []), dict(os.environ))
-        if accounts:
-            data["accounts"] = accounts
-        return data
-
-
 class _ValuesOnly(Settings):
-    use_environment: ClassVar[bool] = False
+    def __init__(self, **values: Any) -> None:
+        BaseModel.__init__(self, **values)
 
 
 def settings_from_values(data: dict[str, Any]) -> Settings:
@@ -469,10 +491,8 @@ def load_settings(path: Path | None) -> Settings:
             raise ConfigError(f"config file {path}: not valid TOML: {exc}") from None
     try:
         settings = Settings(**data)
-    except SettingsError as exc:  # an environment variable that does not parse (e.g. bad JSON)
-        field = re.search(r'field "(\w+)"', str(exc))
-        variable = ENV_PREFIX + field.group(1).upper() if field else f"one of {ENV_PREFIX}*"
-        raise ConfigError(f"config {source}: {variable} is not valid JSON") from None
+    except EnvironmentValueError as exc:  # an environment variable that does not parse (e.g. bad JSON)
+        raise ConfigError(f"config {source}: {exc}") from None
     except ValidationError as exc:
         env_keys = sorted(k for k in os.environ if k.upper().startswith(ENV_PREFIX))
         hint = f" (environment overrides in effect: {', '.join(env_keys)})" if env_keys else ""

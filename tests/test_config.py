@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from collector.config import ConfigError, load_settings
+from collector.config import ConfigError, load_settings, settings_from_values
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "config" / "collector.example.toml"
 
@@ -90,4 +90,58 @@ def test_timing_settings_that_cannot_work_are_refused(tmp_path: Path, text: str,
     path = tmp_path / "c.toml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=re.escape(expected)):
+        load_settings(path)
+
+
+def test_environment_nesting_case_and_json_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`__` nests, names are case-insensitive, a section's JSON table and its keyed variables merge
+    (the keyed ones win), and all of it over the file's values, key by key."""
+    path = tmp_path / "c.toml"
+    path.write_text('[mqtt]\nhost = "file-host"\nkeepalive_s = 30\n[influxdb]\nbucket = "file"\n')
+    monkeypatch.setenv("ECOFLOW_COLLECTOR_MQTT", '{"username": "json-user", "port": 1}')
+    monkeypatch.setenv("ECOFLOW_COLLECTOR_MQTT__PORT", "8883")
+    monkeypatch.setenv("ecoflow_collector_Influxdb__Bucket", "env")
+    monkeypatch.setenv("ECOFLOW_COLLECTOR_SHARD_COUNT", "3")  # a variable of no setting: ignored
+    settings = load_settings(path)
+    assert (settings.mqtt.host, settings.mqtt.keepalive_s) == ("file-host", 30)
+    assert (settings.mqtt.username, settings.mqtt.port) == ("json-user", 8883)
+    assert settings.influxdb.bucket == "env"
+
+
+def test_an_environment_key_no_section_has_is_refused_with_the_overrides_named(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ECOFLOW_COLLECTOR_MQTT__PORTT", "1883")
+    with pytest.raises(ConfigError) as info:
+        load_settings(None)
+    assert "mqtt.portt: Extra inputs are not permitted" in str(info.value)
+    assert "environment overrides in effect: ECOFLOW_COLLECTOR_MQTT__PORTT" in str(info.value)
+
+
+def test_an_accounts_json_that_does_not_parse_names_its_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ECOFLOW_COLLECTOR_ACCOUNTS__HOME__DEVICES", '[{"sn": ')
+    with pytest.raises(ConfigError, match="ECOFLOW_COLLECTOR_ACCOUNTS__HOME__DEVICES is not valid JSON"):
+        load_settings(None)
+
+
+def test_settings_from_values_ignore_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ECOFLOW_COLLECTOR_INFLUXDB__BUCKET", "production")
+    monkeypatch.setenv("ECOFLOW_COLLECTOR_ACCOUNTS__HOME__SECRET_KEY", "s")
+    settings = settings_from_values({"influxdb": {"bucket": "demo"}})
+    assert settings.influxdb.bucket == "demo" and settings.accounts == []
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[ecoflow]\napi_url = "https://api-e.ecoflow.com\\n"', "ecoflow.api_url"),
+        ('[[devices]]\nsn = "HW51AAAA\\n"', "devices.0.sn"),
+        ('[[accounts]]\nname = "home\\n"', "accounts.0.name"),
+        ('[collector]\nshard = "auto\\n"', "collector.shard"),
+    ],
+)
+def test_patterns_refuse_a_final_newline(tmp_path: Path, text: str, key: str) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(f"{key}: String should match pattern")):
         load_settings(path)

@@ -7,10 +7,10 @@ the daemon refuses to start on an invalid one.
 
 from __future__ import annotations
 
+import functools
 import re
 import tomllib
-from collections.abc import Iterable
-from functools import cache
+from collections.abc import Container, Iterable, Iterator
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -83,35 +83,60 @@ def _compile_spec(key: str, entry: FieldEntry, group: str, hide: bool) -> FieldS
     )
 
 
-def _compile(path: Path, data: ProductFile) -> Product:
-    fields: dict[str, FieldSpec] = {}
-    patterns: list[tuple[re.Pattern[str], FieldSpec]] = []
+def _pattern(key: str) -> re.Pattern[str]:
+    """A key with `#` (a number: `20_134.task#.type`) as a regular expression."""
+    return re.compile(re.escape(key).replace("\\#", "#").replace("#", r"\d+"))
+
+
+def _declared(path: Path, data: ProductFile) -> Iterator[tuple[str, FieldEntry, str, bool]]:
+    """(key, entry, group, hide) of every field the file declares, in file order; CatalogError on a
+    key declared twice."""
+    seen: set[str] = set()
     for group in data.groups:
         for prefix in group.prefixes:
             for suffix, entry in group.fields.items():
                 key = f"{prefix}.{suffix}" if prefix else suffix
-                if key in fields or any(spec.key == key for _, spec in patterns):
+                if key in seen:
                     raise CatalogError(f"{path}: key {key!r} is declared twice")
-                spec = _compile_spec(key, entry, group.prefixes[0], group.hide)
-                if "#" in key:
-                    regex = re.escape(key).replace("\\#", "#").replace("#", r"\d+")
-                    patterns.append((re.compile(regex), spec))
-                else:
-                    fields[key] = spec
-    summary: dict[str, tuple[tuple[str, float], ...]] = {}
+                seen.add(key)
+                yield key, entry, group.prefixes[0], group.hide
+
+
+def _check_references(
+    path: Path, data: ProductFile, keys: Container[str], patterns: Iterable[re.Pattern[str]]
+) -> None:
+    """Every summary term is a field (not a pattern), every key a setting reads a field or pattern."""
     for name, terms in data.summary.items():
-        compiled: list[tuple[str, float]] = []
         for term in terms:
-            sign, key = (-1.0, term[1:]) if term.startswith("-") else (1.0, term)
-            if key not in fields:
+            key = term[1:] if term.startswith("-") else term
+            if key not in keys:
                 raise CatalogError(f"{path}: summary {name} names {key!r}, which is not a catalog field")
-            compiled.append((key, sign))
-        summary[name] = tuple(compiled)
-    settings = {name: Setting(name, entry) for name, entry in data.settings.items()}
-    for setting in settings.values():
-        for key in setting.entry.read_quotas:
-            if key not in fields and not any(p.fullmatch(key) for p, _ in patterns):
-                raise CatalogError(f"{path}: setting {setting.name} reads {key!r}, not a catalog field")
+    for setting, entry in data.settings.items():
+        for key in entry.read_quotas:
+            if key not in keys and not any(p.fullmatch(key) for p in patterns):
+                raise CatalogError(f"{path}: setting {setting} reads {key!r}, not a catalog field")
+
+
+def _check(path: Path, data: ProductFile) -> None:
+    """What `_compile` refuses, without building the product's hot-path structures."""
+    keys = [key for key, *_ in _declared(path, data)]
+    _check_references(path, data, {k for k in keys if "#" not in k}, [_pattern(k) for k in keys if "#" in k])
+
+
+def _compile(path: Path, data: ProductFile) -> Product:
+    fields: dict[str, FieldSpec] = {}
+    patterns: list[tuple[re.Pattern[str], FieldSpec]] = []
+    for key, entry, group, hide in _declared(path, data):
+        spec = _compile_spec(key, entry, group, hide)
+        if "#" in key:
+            patterns.append((_pattern(key), spec))
+        else:
+            fields[key] = spec
+    _check_references(path, data, fields, [p for p, _ in patterns])
+    summary: dict[str, tuple[tuple[str, float], ...]] = {
+        name: tuple((term[1:], -1.0) if term.startswith("-") else (term, 1.0) for term in terms)
+        for name, terms in data.summary.items()
+    }
     info = data.product
     return Product(
         slug=info.slug,
@@ -121,13 +146,13 @@ def _compile(path: Path, data: ProductFile) -> Product:
         fields=fields,
         patterns=tuple(patterns),
         summary=summary,
-        settings=settings,
+        settings={name: Setting(name, entry) for name, entry in data.settings.items()},
         dashboard=data.dashboard,
         cmd_prefix=any(_CMD_KEY.match(key) for key in [*fields, *(spec.key for _, spec in patterns)]),
     )
 
 
-def load_product_file(path: Path) -> Product:
+def _validated(path: Path) -> ProductFile:
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, tomllib.TOMLDecodeError) as exc:
@@ -138,7 +163,23 @@ def load_product_file(path: Path) -> Product:
         raise CatalogError(f"{path}: {describe_errors(exc)}") from exc
     if data.product.slug != path.stem:
         raise CatalogError(f"{path}: product.slug {data.product.slug!r} must match the file name")
-    return _compile(path, data)
+    return data
+
+
+def load_product_file(path: Path) -> Product:
+    """The product of one catalog file, compiled; CatalogError if the file is not valid."""
+    return _compile(path, _validated(path))
+
+
+def _deferred_product_file(path: Path) -> Product:
+    """The product of one catalog file, validated and checked now (CatalogError here, as from
+    `load_product_file`) but compiled from the file on first use of its fields (`Product.deferred`)."""
+    data = _validated(path)
+    _check(path, data)
+    info = data.product
+    return Product.deferred(
+        info.slug, info.name, info.aliases, info.serial_prefixes, functools.partial(load_product_file, path)
+    )
 
 
 class Catalog:
@@ -186,12 +227,15 @@ class Catalog:
 
 
 def load_catalog(directory: Path = PRODUCTS_DIR) -> Catalog:
+    """Every product file of the directory, each validated now (an invalid catalog raises
+    CatalogError here, before anything starts) and compiled when first used: a collector of two
+    products builds the field tables of those two only."""
     files = sorted(directory.glob("*.toml"))
     if not files:
         raise CatalogError(f"{directory}: no product catalog files")
-    return Catalog(load_product_file(path) for path in files)
+    return Catalog(_deferred_product_file(path) for path in files)
 
 
-@cache
+@functools.cache
 def default_catalog() -> Catalog:
     return load_catalog()

@@ -7,9 +7,11 @@ compiled into plain frozen dataclasses that the hot path reads.
 from __future__ import annotations
 
 import re
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -68,7 +70,10 @@ GENERATED_ROWS = ("Errors", "Energy")
 # kinds a panel hint may name: numbers over time (measurement, counter), states (enum, setting)
 PLOTTED_KINDS = frozenset({"measurement", "counter", "enum", "setting"})
 
-_STRICT = ConfigDict(extra="forbid", frozen=True)
+# Patterns (the slug's) are matched with Python's `re`, not pydantic-core's Rust regex engine: its
+# first use costs 0.7 MB of RSS (docs/benchmarks.md). A slug ending in a newline, which `$` lets
+# through in Python, is refused anyway: it must be the file's name.
+_STRICT = ConfigDict(extra="forbid", frozen=True, regex_engine="python-re")
 
 
 class FieldEntry(BaseModel):
@@ -307,6 +312,9 @@ class Setting:
 
 
 _INDEX = re.compile(r"\[\d+\]")
+# what `Product.deferred` leaves to be compiled on first use, and the lock of that compilation
+_COMPILED = ("fields", "patterns", "summary", "settings", "dashboard", "cmd_prefix")
+_COMPILING = threading.Lock()
 
 
 @dataclass(slots=True)
@@ -327,6 +335,42 @@ class Product:
     # keys of cmdFunc/cmdId MQTT reports carry `{cmdFunc}_{cmdId}.` (PowerStream `20_1.`), as the
     # catalog's own keys show; the DELTA Pro 3 sends the same envelope around flat quota/all keys
     cmd_prefix: bool = True
+    # a deferred product's compiler (its catalog file, read again): None once compiled
+    _compile: Callable[[], Product] | None = field(default=None, repr=False, compare=False)
+
+    @classmethod
+    def deferred(
+        cls,
+        slug: str,
+        name: str,
+        aliases: tuple[str, ...],
+        serial_prefixes: tuple[str, ...],
+        compile: Callable[[], Product],
+    ) -> Product:
+        """A product known by its identity (what `Catalog` looks products up by) whose fields,
+        patterns, summary, settings, dashboard and cmd_prefix `compile()` builds when one of them is
+        first read (from any thread; once). Its file was validated: a catalog of many products
+        builds the hot-path structures of those a device of which appears only."""
+        product = cls.__new__(cls)
+        product.slug, product.name, product.aliases = slug, name, aliases
+        product.serial_prefixes = serial_prefixes
+        product.resolved, product.divisors = {}, {}
+        product._compile = compile
+        return product
+
+    if not TYPE_CHECKING:  # for mypy, every attribute is the declared one
+
+        def __getattr__(self, name: str) -> object:
+            """Reached only when an attribute is not set: the compiled ones of a deferred product."""
+            if name not in _COMPILED:
+                raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+            with _COMPILING:
+                if self._compile is not None:  # else another thread compiled it meanwhile
+                    built = self._compile()
+                    for attr in _COMPILED:
+                        setattr(self, attr, getattr(built, attr))
+                    self._compile = None
+            return object.__getattribute__(self, name)
 
     def lookup(self, key: str) -> FieldSpec | None:
         """The spec of a flattened quota key (array elements resolve to their array)."""
