@@ -43,6 +43,7 @@ from collector.simulator.broker import BrokerInfo
 from collector.simulator.clock import Clock, wall_clock
 from collector.simulator.commands import CommandError, resolve
 from collector.simulator.devices import SimDevice, wire_values
+from collector.sources.mqtt import release_sockets
 
 log = structlog.get_logger("collector.simulator.publisher")
 
@@ -186,6 +187,7 @@ class Publisher:
         for session in self._sessions.values():
             session.client.disconnect()
             session.client.loop_stop()
+            release_sockets(session.client)
         self._sessions.clear()
 
     # ------------------------------------------------------------------ publishing

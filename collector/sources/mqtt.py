@@ -55,6 +55,16 @@ SUBSCRIBE_QOS: Final = 0
 _TOPIC_CACHE_MAX = 100_000  # topic bytes -> (sn, kind): 3 topics per device
 
 
+def release_sockets(client: mqtt.Client) -> None:
+    """Close the sockets a stopped paho client still holds (call after ``loop_stop`` returned).
+    paho closes its loop's wake-up socket pair only in ``Client.__del__``, and where the client is
+    part of a reference cycle the garbage collector may finalize those sockets first: an unclosed
+    socket's ResourceWarning each. ``_reset_sockets`` is paho's own method for it (2.x)."""
+    reset = getattr(client, "_reset_sockets", None)
+    if callable(reset):
+        reset()
+
+
 @dataclass(frozen=True)
 class MqttCredentials:
     host: str
@@ -529,6 +539,8 @@ class MqttSource:
             stopper = threading.Thread(target=client.loop_stop, name="mqtt-stop", daemon=True)
             stopper.start()
             stopper.join(timeout)
+            if not stopper.is_alive():
+                release_sockets(client)
         self.connected = False
 
     def add_devices(self, serials: Iterable[str]) -> None:
