@@ -117,6 +117,19 @@ TRIPLES: dict[str, tuple[Triple, ...]] = {
             ("outAcL14", True),
         )
     ),
+    # PowerOcean: D's own samples give vol x amp = apparentPwr (VA) and actPwr <= it (powerocean.toml)
+    "powerocean": (
+        *(
+            Triple(
+                f"mpptHeartBeat[0].mpptPv[{i}].vol",
+                f"mpptHeartBeat[0].mpptPv[{i}].amp",
+                f"mpptHeartBeat[0].mpptPv[{i}].pwr",
+            )
+            for i in (0, 1)
+        ),
+        *(Triple(f"pcs{p}Phase.vol", f"pcs{p}Phase.amp", f"pcs{p}Phase.apparentPwr") for p in "ABC"),
+        *(Triple(f"pcs{p}Phase.vol", f"pcs{p}Phase.amp", f"pcs{p}Phase.actPwr", ac=True) for p in "ABC"),
+    ),
     # no mppt.out triple: a real answer shows outVol x outAmp = 745 W beside outWatts 0 (river_2_pro.toml)
     "river_2_pro": (
         Triple("mppt.inVol", "mppt.inAmp", "mppt.inWatts"),

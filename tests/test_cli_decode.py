@@ -21,6 +21,7 @@ PRODUCTS = {
     "delta_pro",
     "delta_pro_3",
     "delta_pro_ultra",
+    "powerocean",
     "powerstream",
     "river_2_pro",
     "smart_home_panel",

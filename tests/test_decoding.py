@@ -58,6 +58,33 @@ def test_the_pipeline_decodes_into_the_products_key_space() -> None:
     assert points[0].fields == {"2_2.inLvMpptVol": 33.3, "2_2.inLvMpptAmp": 1.2}
 
 
+def test_powerocean_mqtt_shapes_decode_into_its_quota_all_key_space() -> None:
+    """The PowerOcean's reports (tests/fixtures/powerocean): the Open API document's envelope (id,
+    version, time, moduleType, needAck; no typeCode) and the cmdFunc 96 envelope tolwi's keys show,
+    both with nested phases and the MPPT heartbeat list, give the keys of its quota/all answer."""
+    catalog = default_catalog()
+    product = catalog.products["powerocean"]
+    assert not product.cmd_prefix  # flat quota/all keys: no `96_1.` in front of them
+    phase = {"vol": 230.4, "amp": 2.11, "actPwr": -476.3, "reactPwr": 98.7, "apparentPwr": 486.4}
+    body = {"bpPwr": -104, "pcsAPhase": phase, "mpptHeartBeat": [{"mpptPv": [{"vol": 318.4, "pwr": 557.9}]}]}
+    quota = decode_object({"code": "0", "message": "Success", "data": body}).values
+    documented = {"id": 1, "version": "1.0", "time": 2, "moduleType": 1, "needAck": 1, "params": body}
+    cmd = {"cmdId": 1, "cmdFunc": 96, "param": body}
+    for payload in (documented, cmd):
+        values = decode_object(payload, TopicKind.QUOTA, product.cmd_prefix).values
+        assert values == quota
+    assert set(quota) == {
+        "bpPwr",
+        *(f"pcsAPhase.{name}" for name in phase),
+        "mpptHeartBeat[0].mpptPv[0].vol",
+        "mpptHeartBeat[0].mpptPv[0].pwr",
+    }
+    assert all(product.lookup(key) is not None for key in quota)
+    device = Device.resolve(catalog, "HJ31X", product="powerocean")
+    _, points = Pipeline().process(device, orjson.dumps(cmd), TopicKind.QUOTA, 1)
+    assert points[0].fields["pcsAPhase.vol"] == 230.4 and points[0].fields["bpPwr"] == -104
+
+
 @pytest.mark.parametrize("pack", [1, 2])
 def test_extra_battery_reports_get_their_quota_all_prefix(pack: int) -> None:
     payload = {

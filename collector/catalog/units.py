@@ -37,6 +37,8 @@ DEVICE_UNITS: dict[str, DeviceUnit] = dict(
         _u("0.1mA", "current", "A", 0.0001, "amp"),
         _u("W", "power", "W", 1.0, "watt"),
         _u("0.1W", "power", "W", 0.1, "watt"),
+        _u("VA", "apparent power", "VA", 1.0, "voltamp"),
+        _u("var", "reactive power", "var", 1.0, "voltampreact"),
         _u("Wh", "energy", "Wh", 1.0, "watth"),
         _u("0.1Wh", "energy", "Wh", 0.1, "watth"),
         _u("kWh", "energy", "Wh", 1000.0, "watth"),

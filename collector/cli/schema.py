@@ -105,7 +105,7 @@ GENERIC_PRODUCTS: tuple[tuple[str, str, str], ...] = (
         "no real answer shows their units",
     ),
     (
-        "WAVE 2, Glacier, PowerOcean",
+        "WAVE 2, Glacier",
         "—",
         "official Open API documents exist (JSON keys), but no real answer of these products is on hand "
         "yet to check their units against: not catalogued so far, collected generically",

@@ -25,7 +25,7 @@ from collector.simulator import templates
 from collector.simulator.base import EnergyMeter, SimDevice, wire_values
 from collector.simulator.clock import Clock
 from collector.simulator.codec import Raw, Value
-from collector.simulator.home import DeltaProUltra, SmartHomePanel
+from collector.simulator.home import DeltaProUltra, PowerOcean, SmartHomePanel
 from collector.simulator.physics import (
     AMERICAS,
     EUROPE,
@@ -65,6 +65,7 @@ __all__ = [
     "DeviceSpec",
     "EnergyMeter",
     "Noise",
+    "PowerOcean",
     "PowerStream",
     "River2Pro",
     "SimDevice",
@@ -413,6 +414,7 @@ PRODUCTS: Final[Mapping[str, type[SimDevice]]] = {
         SmartMeter,
         DeltaProUltra,
         SmartHomePanel,
+        PowerOcean,
     )
 }
 _SERIAL_ALPHABET: Final = "ABCDEFGHJKLMNPQRSTUVWXYZ0123456789"

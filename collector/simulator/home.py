@@ -11,6 +11,7 @@ report carries as bare `infoList` (tests/fixtures/smart_home_panel/mqtt_channel_
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, ClassVar, Final
 
@@ -19,7 +20,7 @@ from collector.simulator.base import SimDevice
 from collector.simulator.codec import Raw, Value
 from collector.simulator.physics import DAY_S, PvString, clamp, drift, fridge_w, household_w
 
-__all__ = ["DeltaProUltra", "SmartHomePanel"]
+__all__ = ["DeltaProUltra", "PowerOcean", "SmartHomePanel"]
 
 REMAIN_CAP_S: Final = 100 * DAY_S  # remaining times: at most 100 days (the catalog's range)
 
@@ -380,3 +381,127 @@ class SmartHomePanel(SimDevice):
         for name, value in clock.items():
             put(f"{_HB}time.{name}", value)
             put(f"channelPower.time.{name}", value)
+
+
+# ----------------------------------------------------------------------------- PowerOcean
+
+_PHASES: Final = ("pcsAPhase", "pcsBPhase", "pcsCPhase")
+
+
+class PowerOcean(SimDevice):
+    """PowerOcean: a three-phase hybrid inverter with two PV strings and `packs` 5 kWh LFP packs in a
+    household, the grid meter at the connection, a PowerGlow heating rod, a PowerHeat heat pump's
+    temperatures and a PowerPulse EV charger reported through it.
+
+    Self-consumption: the battery takes what solar gives beyond the household's load (up to
+    `BATTERY_W`, until full) and gives what the load needs beyond solar (until `MIN_SOC`); the heating
+    rod soaks up the surplus once the battery is full; the car charges some evenings. The reported
+    figures balance as the document's sample does: mpptPwr + sysGridPwr - bpPwr = sysLoadPwr (import
+    and charging positive); the inverter's phases carry mpptPwr - bpPwr, negative while it supplies
+    the house (the sign of the document's samples).
+    """
+
+    product_slug = "powerocean"
+    heartbeat_keys = ("bpSoc", "bpPwr", "sysGridPwr")
+    template = templates.POWEROCEAN
+    float_keys = templates.POWEROCEAN_FLOATS
+
+    PACK_WH: ClassVar[float] = 5120.0
+    BATTERY_W: ClassVar[float] = 5000.0
+    MIN_SOC: ClassVar[float] = 5.0
+    ROD_W: ClassVar[float] = 3000.0
+    EV_W: ClassVar[float] = 7400.0
+    EFFICIENCY: ClassVar[float] = 0.95  # AC to the cells and back, each way
+
+    def __init__(
+        self,
+        sn: str,
+        name: str,
+        *,
+        packs: int = 2,
+        pv_peak_w: float = 9000.0,
+        load_w: float = 450.0,
+        **kwargs: Any,
+    ) -> None:
+        if not 1 <= packs <= 9:
+            raise ValueError("a PowerOcean stacks 1 to 9 battery packs")
+        self.packs = packs
+        self.load_w = load_w
+        self._strings = (PvString(pv_peak_w * 0.55, 360.0, 440.0), PvString(pv_peak_w * 0.45, 340.0, 420.0))
+        self._pv_temp = 0.0
+        self._water_c = 45.0
+        super().__init__(sn, name, **kwargs)
+
+    def _initial_values(self) -> dict[str, Value]:
+        self._pv_temp = self.site.ambient(self._noise, self._t)
+        self._water_c = 40.0 + 10.0 * self._rng.random()
+        return {}
+
+    def _compute(self, t: float, dt: float) -> None:
+        site, noise, put, quantize = self.site, self._noise, self._put, self.codec.quantize
+        hour = site.local_hour(t)
+        pack_wh = self.PACK_WH * self.packs
+
+        # solar, string by string (the MPPTs take all the sun offers: the surplus goes to the grid)
+        ambient = site.ambient(noise, t)
+        available = [
+            s.peak_w * site.solar(noise, 150 + i, t) * (1.0 - 0.03 * i) for i, s in enumerate(self._strings)
+        ]
+        peak = sum(s.peak_w for s in self._strings)
+        self._pv_temp = drift(self._pv_temp, ambient + 25.0 * sum(available) / peak, dt, 900.0)
+        strings = []
+        pv_w = 0.0
+        for i, string in enumerate(self._strings):
+            volts, amps = string.operate(available[i], available[i], self._pv_temp)
+            strings.append({"vol": volts, "amp": amps, "pwr": volts * amps})
+            pv_w += quantize(f"mpptHeartBeat[0].mpptPv[{i}].pwr", volts * amps)
+        put("mpptHeartBeat", [{"mpptPv": strings}])
+
+        # loads: the household, the car some evenings, the heating rod on a full battery's surplus
+        house = household_w(site, noise, 151, t, self.load_w)
+        ev = self.EV_W if 18.0 <= hour < 19.5 and noise(152, t, 86400.0) > 0.5 else 0.0
+        surplus = pv_w - house - ev
+        rod = clamp(surplus - 100.0, 0.0, self.ROD_W) if self._soc >= 99.0 else 0.0
+        load = house + ev + rod
+
+        # the battery covers the difference within its power and SoC limits
+        want = pv_w - load
+        if want > 0.0:
+            bat_w = min(want, self.BATTERY_W) if self._soc < 100.0 else 0.0
+        else:
+            bat_w = max(want, -self.BATTERY_W) if self._soc > self.MIN_SOC else 0.0
+        if dt:
+            cells = bat_w * self.EFFICIENCY if bat_w > 0 else bat_w / self.EFFICIENCY
+            self._soc = clamp(self._soc + 100.0 * cells * dt / 3600.0 / pack_wh, 0.0, 100.0)
+
+        put("mpptPwr", pv_w)
+        put("bpPwr", bat_w)
+        put("sysLoadPwr", load)
+        put("evPwr", ev)
+        put("chargingStatus", "EV_CHG_STS_CHARGING" if ev else "EV_CHG_STS_AVAILABLE")
+        sent = quantize("mpptPwr", pv_w) - quantize("bpPwr", bat_w)
+        put("sysGridPwr", quantize("sysLoadPwr", load) - sent)  # import positive: the balance closes
+        put("bpSoc", self._soc)
+
+        # the inverter's three phases carry solar minus the battery, negative while supplying the house
+        inverter_w = pv_w - bat_w
+        power_factor = 0.96 + 0.03 * noise(153, t, 600.0)
+        for n, phase in enumerate(_PHASES):
+            share = inverter_w / 3.0 * (0.97 + 0.06 * noise(154 + n, t, 300.0))
+            volts = site.grid_v + 3.0 * (noise(157 + n, t, 120.0) - 0.5)
+            apparent = abs(share) / power_factor
+            reactive = math.sqrt(max(0.0, apparent**2 - share**2))
+            values = {"vol": volts, "amp": apparent / volts, "actPwr": -share, "reactPwr": reactive}
+            put(phase, {**values, "apparentPwr": apparent})
+
+        # PowerGlow: the tank warms with the rod and cools slowly; PowerHeat: its zones and water
+        target = 65.0 if rod > 0 else 20.0
+        self._water_c = drift(self._water_c, target, dt, 7200.0 if rod > 0 else 40000.0)
+        put("hrEnergyStream", [{"temp": self._water_c, "hrPwr": rod}])
+        put("sectorA.tempCurr", 21.0 + 1.5 * noise(160, t, 3600.0))
+        put("sectorB.tempCurr", 20.5 + 1.5 * noise(161, t, 3600.0))
+        put("sectorDhw.tempCurr", 47.0 + 4.0 * noise(162, t, 3600.0))
+        flow = 30.0 + 8.0 * noise(163, t, 1800.0)
+        put("hpMaster.tempInlet", flow)
+        put("hpMaster.tempOutlet", flow + 4.0 + noise(164, t, 600.0))
+        put("hpMaster.tempAmbient", ambient)

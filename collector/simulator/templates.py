@@ -1961,3 +1961,39 @@ SMART_HOME_PANEL_FLOATS: Final[frozenset[str]] = frozenset(
         "selfCheck.vOut",
     ]
 )
+
+# PowerOcean (tests/fixtures/powerocean: the Open API document's sample figures; no real capture):
+# what no physics moves. The phases, strings, powers, temperatures and the heating rod are computed.
+POWEROCEAN: Final[dict[str, Value]] = {
+    "bpSoh": 100,
+    "bpCycles": 37,
+    "bpDesignCap": 100.0,  # Ah: 100000 mAh as sent
+    "bpFullCap": 99.85,
+    "chargingStatus": "EV_CHG_STS_AVAILABLE",
+    "errorCode": "AAAAAAAAAAA=",
+    "emsErrCode": {"errCode": []},
+}
+POWEROCEAN_FLOATS: Final[frozenset[str]] = frozenset(
+    [
+        "mpptPwr",
+        "bpPwr",
+        "sysLoadPwr",
+        "sysGridPwr",
+        "evPwr",
+        "mpptHeartBeat.mpptPv.vol",
+        "mpptHeartBeat.mpptPv.amp",
+        "mpptHeartBeat.mpptPv.pwr",
+        "hrEnergyStream.hrPwr",
+        *(
+            f"pcs{p}Phase.{name}"
+            for p in "ABC"
+            for name in ("vol", "amp", "actPwr", "reactPwr", "apparentPwr")
+        ),
+        "sectorA.tempCurr",
+        "sectorB.tempCurr",
+        "sectorDhw.tempCurr",
+        "hpMaster.tempInlet",
+        "hpMaster.tempOutlet",
+        "hpMaster.tempAmbient",
+    ]
+)
