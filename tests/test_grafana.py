@@ -893,7 +893,10 @@ def live(
                         count = influx_server.rows(
                             db, f"SELECT count(*) FROM \"{device.product_slug}\" WHERE sn = '{device.sn}'"
                         )
-                        if not count or max(v for k, v in count[0].items() if k != "time") < 4:
+                        # a field not written yet counts as null (InfluxDB answers a row of them
+                        # while a device's first points are still on their way)
+                        counts = [v or 0 for k, v in count[0].items() if k != "time"] if count else []
+                        if not counts or max(counts) < 4:
                             return False
                     return all(
                         influx_server.rows(
