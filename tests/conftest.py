@@ -15,6 +15,7 @@ pytest captures and shows with a failing test's report; nothing is printed to th
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import uuid
 from collections.abc import Callable, Iterator
@@ -61,6 +62,14 @@ def influx_db(influx_server: InfluxServer) -> Iterator[str]:
     finally:
         if influx_server.influxd_running():
             influx_server.drop_database(name)
+
+
+@pytest.fixture()
+def no_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No ECOFLOW_COLLECTOR_* variable of the developer's environment reaches the test's config."""
+    for key in list(os.environ):
+        if key.upper().startswith("ECOFLOW_COLLECTOR_"):
+            monkeypatch.delenv(key)
 
 
 @pytest.fixture(scope="session")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import sys
 from pathlib import Path
 
@@ -27,11 +26,7 @@ LINES = [
 RANGE = ["--from", "2024-01-01T00:00Z", "--to", "2024-01-10T00:00Z"]
 
 
-@pytest.fixture(autouse=True)
-def _no_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in list(os.environ):
-        if key.upper().startswith("ECOFLOW_COLLECTOR_"):
-            monkeypatch.delenv(key)
+pytestmark = pytest.mark.usefixtures("no_env_overrides")  # the developer's environment must not change a test
 
 
 @pytest.fixture()

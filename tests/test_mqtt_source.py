@@ -10,7 +10,7 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,16 +28,7 @@ from collector.sources.mqtt import MqttCredentials, MqttSource, _Client
 from collector.testbed import MosquittoServer, free_port
 from collector.testbed.ports import port_accepts
 from tests.conftest import MQTT_PASSWORD, MQTT_USER
-
-
-def wait_for(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        result = condition()
-        if result:
-            return result
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+from tests.test_daemon import wait_for
 
 
 class Received:

@@ -8,7 +8,6 @@ Europe/Berlin: 2024-03-31 is 23 hours long (02:00 CET -> 03:00 CEST). Day bounda
 from __future__ import annotations
 
 import json
-import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -111,11 +110,7 @@ EXPECTED_DAYS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _no_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in list(os.environ):
-        if key.upper().startswith("ECOFLOW_COLLECTOR_"):
-            monkeypatch.delenv(key)
+pytestmark = pytest.mark.usefixtures("no_env_overrides")  # the developer's environment must not change a test
 
 
 def config(tmp_path: Path, server: InfluxServer, bucket: str, history_bucket: str | None = None) -> str:

@@ -123,13 +123,7 @@ EXPECTED = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _no_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
-    import os
-
-    for key in list(os.environ):
-        if key.upper().startswith("ECOFLOW_COLLECTOR_"):
-            monkeypatch.delenv(key)
+pytestmark = pytest.mark.usefixtures("no_env_overrides")  # the developer's environment must not change a test
 
 
 def write_config(
