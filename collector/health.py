@@ -18,6 +18,7 @@ HealthCheck = Callable[[], tuple[bool, dict[str, Any]]]
 
 class HealthServer:
     def __init__(self, port: int, check: HealthCheck, host: str = "127.0.0.1") -> None:
+        self.host = host
         self._check = check
         outer = self
 

@@ -26,7 +26,7 @@ from collector.config import AccountSettings, ConfigError, Settings, load_settin
 from collector.daemon import Collector
 from collector.decoding import PayloadError
 from collector.diagnose import describe, key_match
-from collector.health import HealthServer
+from collector.health import HealthCheck, HealthServer
 from collector.history.energy import influx_restorer
 from collector.history.influxql import InfluxQL
 from collector.history.rollup import RollupJob
@@ -133,13 +133,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     # each account its own retry budget and circuit breaker: one failing never stalls another
     clients = {a.name: open_client(a, budget=RequestBudget()) for a in accounts}
-    health = None
-    host, port = settings.collector.healthz_host, settings.collector.healthz_port
-    if port is not None:
-        try:
-            health = HealthServer(port, lambda: collector.health(), host=host)
-        except OSError as exc:
-            raise UsageError(f"healthz on {host}:{port}: {exc.strerror}") from None
+    health = _health_server(settings, lambda: collector.health())
     sink = InfluxWriter.from_settings(settings)
     history = InfluxQL.from_settings(settings.influxdb)
     rollups = RollupJob(settings, client=history)
@@ -153,17 +147,8 @@ def run(args: argparse.Namespace) -> int:
         energy_restore=influx_restorer(history, settings.influxdb.bucket),
         rollup_job=rollups.run if not worker else None,  # one rollup job: the process, or worker 0
     )
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("collector.signal", signal=signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    if health is not None:
-        health.start()
-        log.info("healthz.listening", host=settings.collector.healthz_host, port=health.port)
+    stop = _stop_on_signals()
+    _start_health(health)
     try:
         collector.start()
         stop.wait()
@@ -182,6 +167,36 @@ def run(args: argparse.Namespace) -> int:
     os._exit(0)
 
 
+def _health_server(settings: Settings, check: HealthCheck) -> HealthServer | None:
+    """The /healthz server of `[collector] healthz_port` (None when unset), not yet started."""
+    host, port = settings.collector.healthz_host, settings.collector.healthz_port
+    if port is None:
+        return None
+    try:
+        return HealthServer(port, check, host=host)
+    except OSError as exc:
+        raise UsageError(f"healthz on {host}:{port}: {exc.strerror}") from None
+
+
+def _start_health(health: HealthServer | None) -> None:
+    if health is not None:
+        health.start()
+        log.info("healthz.listening", host=health.host, port=health.port)
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGTERM or SIGINT (logged once each)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("collector.signal", signal=signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stop
+
+
 def supervise(args: argparse.Namespace, settings: Settings) -> int:
     """`[collector] workers = N` (N > 1): start N workers, serve the one /healthz, restart the
     workers that die, and stop them all on SIGTERM/SIGINT (collector/supervisor.py)."""
@@ -194,24 +209,9 @@ def supervise(args: argparse.Namespace, settings: Settings) -> int:
     log_args = [f"--log-level={args.log_level}"] if args.log_level else []
     log_args += [f"--log-format={args.log_format}"] if args.log_format else []
     supervisor = Supervisor(settings, args.config, outer, log_args=log_args)
-    health = None
-    host, port = settings.collector.healthz_host, settings.collector.healthz_port
-    if port is not None:
-        try:
-            health = HealthServer(port, supervisor.health, host=host)
-        except OSError as exc:
-            raise UsageError(f"healthz on {host}:{port}: {exc.strerror}") from None
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("collector.signal", signal=signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    if health is not None:
-        health.start()
-        log.info("healthz.listening", host=host, port=health.port)
+    health = _health_server(settings, supervisor.health)
+    stop = _stop_on_signals()
+    _start_health(health)
     status = 0
     try:
         supervisor.start()
