@@ -560,36 +560,35 @@ def query_variable(
     }
 
 
-DATASOURCE_VARIABLE = {
-    "name": "datasource",
-    "label": "Data source",
-    "description": "An InfluxDB data source in InfluxQL mode (the provisioned one is EcoFlow InfluxDB)",
-    "type": "datasource",
-    "query": "influxdb",
-    "current": {"text": "EcoFlow InfluxDB", "value": DATASOURCE_UID},
-    "options": [],
-    "refresh": 1,
-    "regex": "",
-    "hide": 0,
-    "multi": False,
-    "includeAll": False,
-}
+def datasource_variable(name: str, label: str, description: str) -> dict[str, Any]:
+    """A variable choosing an InfluxDB data source, the provisioned one by default."""
+    return {
+        "name": name,
+        "label": label,
+        "description": description,
+        "type": "datasource",
+        "query": "influxdb",
+        "current": {"text": "EcoFlow InfluxDB", "value": DATASOURCE_UID},
+        "options": [],
+        "refresh": 1,
+        "regex": "",
+        "hide": 0,
+        "multi": False,
+        "includeAll": False,
+    }
 
-ROLLUP_VARIABLE = {
-    "name": "rollups",
-    "label": "Rollups",
-    "description": "The InfluxDB data source holding the hourly rollups (ecoflow_energy_1h, "
+
+DATASOURCE_VARIABLE = datasource_variable(
+    "datasource",
+    "Data source",
+    "An InfluxDB data source in InfluxQL mode (the provisioned one is EcoFlow InfluxDB)",
+)
+ROLLUP_VARIABLE = datasource_variable(
+    "rollups",
+    "Rollups",
+    "The InfluxDB data source holding the hourly rollups (ecoflow_energy_1h, "
     "ecoflow_summary_1h): the main one unless the collector's [history] bucket is another bucket",
-    "type": "datasource",
-    "query": "influxdb",
-    "current": {"text": "EcoFlow InfluxDB", "value": DATASOURCE_UID},
-    "options": [],
-    "refresh": 1,
-    "regex": "",
-    "hide": 0,
-    "multi": False,
-    "includeAll": False,
-}
+)
 
 TZ_VARIABLE = {
     "name": "tz",
