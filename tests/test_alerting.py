@@ -16,16 +16,13 @@ the ways that stand in for a Grafana server (none can run here):
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import re
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -33,37 +30,16 @@ import pytest
 from collector.catalog import default_catalog
 from collector.catalog.model import Kind
 from collector.testbed import InfluxServer
+from tests.test_grafana import GRAFANA, ROOT, load_script, need_yaml
 
-try:
-    import yaml
-except ImportError:  # pragma: no cover - the test extra installs it
-    yaml = None
-
-ROOT = Path(__file__).resolve().parent.parent
-GRAFANA = ROOT / "grafana"
 ALERTING_DIR = GRAFANA / "provisioning" / "alerting"
 
 
-def _module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("grafana_alerting", GRAFANA / "alerting.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-ALERTING = _module()
-
-
-def _yaml() -> Any:
-    if yaml is None:
-        pytest.fail("PyYAML is missing: pip install -e '.[test]'", pytrace=False)
-    return yaml
+ALERTING = load_script(GRAFANA / "alerting.py", "grafana_alerting")
 
 
 def load(path: Path) -> dict[str, Any]:
-    data: dict[str, Any] = _yaml().safe_load(path.read_text(encoding="utf-8"))
+    data: dict[str, Any] = need_yaml().safe_load(path.read_text(encoding="utf-8"))
     return data
 
 

@@ -88,8 +88,9 @@ ENERGY_UNITS = {
 }
 
 
-def _build_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("grafana_build", GRAFANA / "build.py")
+def load_script(path: Path, name: str) -> ModuleType:
+    """A script of grafana/ (not a package) as module `name`."""
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
@@ -97,10 +98,10 @@ def _build_module() -> ModuleType:
     return module
 
 
-BUILD = _build_module()
+BUILD = load_script(GRAFANA / "build.py", "grafana_build")
 
 
-def _need_yaml() -> Any:
+def need_yaml() -> Any:
     if yaml is None:
         pytest.fail("PyYAML is missing: pip install -e '.[test]'", pytrace=False)
     return yaml
@@ -580,7 +581,7 @@ def test_invalid_dashboard_sections_are_refused(tmp_path: Path, dashboard: str, 
 
 
 def grafana_version_in_compose() -> str:
-    compose = _need_yaml().safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
+    compose = need_yaml().safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))
     image = compose["services"]["grafana"]["image"]
     match = re.fullmatch(r"grafana/grafana(?:-oss)?:(\d+\.\d+\.\d+)", image)
     assert match, f"pin an exact Grafana version in docker-compose.yml, not {image!r}"
@@ -809,7 +810,7 @@ def test_no_serial_is_hard_coded_and_every_device_query_filters_by_a_variable() 
 
 
 def test_provisioning_reads_the_datasource_from_the_environment_and_loads_the_dashboards() -> None:
-    y = _need_yaml()
+    y = need_yaml()
     source = y.safe_load((GRAFANA / "provisioning" / "datasources" / "influxdb.yaml").read_text("utf-8"))
     assert source["apiVersion"] == 1
     (ds,) = source["datasources"]
